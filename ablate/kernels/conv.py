@@ -1,0 +1,39 @@
+"""Causal depthwise conv1d (+ optional SiLU), the short convolution of Mamba / Mamba2."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ablate.kernels.backend import op
+
+
+def causal_conv1d_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = "silu",
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: (b, c, l); weight: (c, k); initial_state: (b, c, k-1), the inputs before x.
+
+    Returns (y of shape (b, c, l), final_state of shape (b, c, k-1): the last k-1 inputs, what a
+    decoder needs to continue)."""
+    channels, width = weight.shape
+    if initial_state is None:
+        initial_state = x.new_zeros(x.shape[0], channels, width - 1)
+    full = torch.cat([initial_state.to(x.dtype), x], dim=-1)
+    y = F.conv1d(full, weight.unsqueeze(1).to(x.dtype), bias.to(x.dtype) if bias is not None else None, groups=channels)
+    if activation == "silu":
+        y = F.silu(y)
+    elif activation is not None:
+        raise ValueError(f"unsupported conv activation {activation!r}")
+    return y, full[..., full.shape[-1] - (width - 1) :]
+
+
+_CONV = op("conv1d", causal_conv1d_ref)
+
+
+def causal_conv1d(x, weight, bias=None, activation="silu", initial_state=None, backend=None):
+    fn = _CONV.choose(backend, x)
+    return fn(x, weight, bias, activation, initial_state)

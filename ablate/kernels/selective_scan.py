@@ -1,0 +1,59 @@
+"""Mamba (v1) selective scan: per-channel diagonal A, input-dependent dt, B, C.
+
+    h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t        (per channel d, state n)
+    y_t = <h_t, C_t> + D * u_t,  then gated by SiLU(z_t)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ablate.kernels.backend import op
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l); D, delta_bias: (d,);
+    initial_state: (b, d, n). Sequential over l, in fp32.
+
+    Returns (y of shape (b, d, l) in u's dtype, last_state (b, d, n) in fp32)."""
+    dtype, acc = u.dtype, torch.promote_types(u.dtype, torch.float32)
+    u, delta, A, B, C = (t.to(acc) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(acc)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, length = u.shape
+    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # (b, d, l, n)
+    drive = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (b, d, l, n)
+    Ct = C.transpose(1, 2)  # (b, l, n)
+    h = u.new_zeros(batch, dim, A.shape[-1]) if initial_state is None else initial_state.to(acc)
+    ys = []
+    for t in range(length):
+        h = decay[:, :, t] * h + drive[:, :, t]
+        ys.append(torch.einsum("bdn,bn->bd", h, Ct[:, t]))
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)
+    if D is not None:
+        y = y + u * D.to(acc)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(acc))
+    return y.to(dtype), h
+
+
+_SCAN = op("selective_scan", selective_scan_ref)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None, backend=None):
+    fn = _SCAN.choose(backend, u)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)

@@ -1,0 +1,91 @@
+"""Mamba2 state-space duality (SSD) scan: a scalar decay per head.
+
+    h_t = exp(dt_t * A_h) * h_{t-1} + dt_t * x_t B_t^T      (h: head_dim x d_state per head)
+    y_t = h_t C_t + D_h * x_t
+
+``ssd_scan_ref`` is the chunked form (quadratic inside a chunk, a recurrence across chunks);
+``ssd_scan_sequential_ref`` is the plain recurrence, kept as the ground truth for tests.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ablate.kernels.backend import op
+
+
+def _expand_groups(t: torch.Tensor, heads: int) -> torch.Tensor:
+    # (b, l, g, n) -> (b, l, h, n): heads h share group h // (heads / g)
+    return t.repeat_interleave(heads // t.shape[2], dim=2)
+
+
+def ssd_scan_sequential_ref(x, dt, A, B, C, D=None, initial_state=None):
+    """x: (b, l, h, p); dt: (b, l, h) (already bias-added and softplus'd); A: (h,); B, C: (b, l, g, n);
+    D: (h,); initial_state: (b, h, p, n). Returns (y (b, l, h, p), final_state (b, h, p, n) in fp32 or wider)."""
+    dtype, acc = x.dtype, torch.promote_types(x.dtype, torch.float32)
+    x, dt, A = x.to(acc), dt.to(acc), A.to(acc)
+    B, C = _expand_groups(B.to(acc), x.shape[2]), _expand_groups(C.to(acc), x.shape[2])
+    b, l, h, p = x.shape
+    state = x.new_zeros(b, h, p, B.shape[-1]) if initial_state is None else initial_state.to(acc)
+    ys = []
+    for t in range(l):
+        decay = torch.exp(dt[:, t] * A)[:, :, None, None]
+        state = decay * state + (dt[:, t, :, None] * x[:, t]).unsqueeze(-1) * B[:, t, :, None, :]
+        ys.append(torch.einsum("bhpn,bhn->bhp", state, C[:, t]))
+    y = torch.stack(ys, dim=1)
+    if D is not None:
+        y = y + x * D.to(acc)[:, None]
+    return y.to(dtype), state
+
+
+def ssd_scan_ref(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64):
+    """Chunked SSD, same contract as ``ssd_scan_sequential_ref``."""
+    dtype, acc = x.dtype, torch.promote_types(x.dtype, torch.float32)
+    b, l, h, p = x.shape
+    x, dt, A = x.to(acc), dt.to(acc), A.to(acc)
+    B, C = _expand_groups(B.to(acc), h), _expand_groups(C.to(acc), h)
+    n = B.shape[-1]
+    pad = (-l) % chunk_size
+    if pad:
+        # zero dt on padding: no decay, no input, so the final state is unaffected
+        x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
+    c = x.shape[1] // chunk_size
+    xc = x.view(b, c, chunk_size, h, p)
+    Bc = B.view(b, c, chunk_size, h, n)
+    Cc = C.view(b, c, chunk_size, h, n)
+    a = (dt * A).view(b, c, chunk_size, h).permute(0, 1, 3, 2)  # (b, c, h, T) log-decay per step
+    acs = torch.cumsum(a, dim=-1)
+    xdt = xc * dt.view(b, c, chunk_size, h, 1)
+
+    # inside a chunk: y_t = sum_{s<=t} exp(acs_t - acs_s) <C_t, B_s> x_s dt_s
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=x.device).tril()
+    seg = (acs.unsqueeze(-1) - acs.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
+    weights = torch.einsum("bcthn,bcshn->bchts", Cc, Bc) * torch.exp(seg)
+    y = torch.einsum("bchts,bcshp->bcthp", weights, xdt)
+
+    # each chunk's contribution to the state at its end
+    to_end = torch.exp(acs[..., -1:] - acs)  # (b, c, h, T)
+    chunk_states = torch.einsum("bcht,bcthn,bcthp->bchpn", to_end, Bc, xdt)
+
+    # across chunks: a short recurrence over chunk boundaries
+    state = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.to(acc)
+    chunk_decay = torch.exp(acs[..., -1])  # (b, c, h)
+    starts = []
+    for i in range(c):
+        starts.append(state)
+        state = chunk_decay[:, i, :, None, None] * state + chunk_states[:, i]
+    start = torch.stack(starts, dim=1)  # (b, c, h, p, n): state entering each chunk
+    y = y + torch.einsum("bcthn,bchpn,bcht->bcthp", Cc, start, torch.exp(acs))
+    y = y.reshape(b, c * chunk_size, h, p)[:, :l]
+    if D is not None:
+        y = y + x[:, :l] * D.to(acc)[:, None]
+    return y.to(dtype), state
+
+
+_SSD = op("ssd", ssd_scan_ref)
+
+
+def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64, backend=None):
+    fn = _SSD.choose(backend, x)
+    return fn(x, dt, A, B, C, D, initial_state, chunk_size)

@@ -1,0 +1,1 @@
+"""The models: mixers (attention, SSM), blocks that stack them, and the causal LM."""

@@ -1,0 +1,55 @@
+"""Attention mixer: GQA + RoPE, full or sliding-window causal attention over meta tokens and the
+sequence, with cross-layer KV sharing (a layer may attend over K/V that an earlier layer made)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ablate.config import AblateConfig, LayerPlan
+from ablate.kernels import attention
+from ablate.model.context import ForwardContext
+from ablate.model.layers import apply_rope
+
+
+def attend(q, k, v, plan: LayerPlan, ctx: ForwardContext, num_heads: int, num_kv_heads: int, head_dim: int, v_head_dim: int):
+    """q: (b, l, heads*head_dim); k: (b, l, kv_heads*head_dim) and v: (b, l, kv_heads*v_head_dim), or
+    None when the layer reuses the K/V of ``plan.kv_source``. Returns (b, l, heads*v_head_dim)."""
+    b, l, _ = q.shape
+    cos, sin = ctx.rope
+    q = apply_rope(q.view(b, l, num_heads, head_dim).transpose(1, 2), cos, sin)
+    if plan.owns_kv:
+        k = apply_rope(k.view(b, l, num_kv_heads, head_dim).transpose(1, 2), cos, sin)
+        v = v.view(b, l, num_kv_heads, v_head_dim).transpose(1, 2)
+        if ctx.cache is not None:
+            k, v, k_pos, k_valid = ctx.cache.update_kv(plan.index, k, v, ctx.positions, ctx.token_valid)
+        else:
+            k_pos, k_valid = ctx.positions, ctx.token_valid
+        ctx.shared_kv[plan.index] = (k, v, k_pos, k_valid)
+    else:
+        k, v, k_pos, k_valid = ctx.shared_kv[plan.kv_source]
+    out = attention(q, k, v, ctx.mask(plan.window, k_pos, k_valid))
+    return out.transpose(1, 2).reshape(b, l, num_heads * v_head_dim)
+
+
+class SelfAttention(nn.Module):
+    """Llama-style attention with its own projections. A layer that reuses an earlier layer's K/V
+    has no k/v projections at all."""
+
+    def __init__(self, config: AblateConfig, plan: LayerPlan):
+        super().__init__()
+        self.plan = plan
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.v_head_dim = config.resolved_head_dim, config.resolved_v_head_dim
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, config.query_width, bias=bias)
+        if plan.owns_kv:
+            self.k_proj = nn.Linear(config.hidden_size, config.key_width, bias=bias)
+            self.v_proj = nn.Linear(config.hidden_size, config.value_width, bias=bias)
+        self.o_proj = nn.Linear(config.attention_width, config.hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        k = self.k_proj(x) if self.plan.owns_kv else None
+        v = self.v_proj(x) if self.plan.owns_kv else None
+        out = attend(self.q_proj(x), k, v, self.plan, ctx, self.num_heads, self.num_kv_heads, self.head_dim, self.v_head_dim)
+        return self.o_proj(out)

@@ -1,0 +1,179 @@
+"""SSM mixers: Mamba (selective scan, diagonal A per channel) and Mamba2 (SSD, scalar decay per head).
+
+``MambaHeads`` is the part of Mamba after the input projection (conv, dt/B/C, scan, gate): the
+standalone ``MambaMixer`` wraps it in its own projections, the hybrid-head block feeds it from a
+projection it shares with the attention heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablate.config import AblateConfig
+from ablate.kernels import causal_conv1d, selective_scan, ssd_scan
+from ablate.model.context import ForwardContext
+from ablate.model.layers import RMSNorm
+
+
+def _mask_padding(x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    # padded positions carry zeros, so they neither enter the conv window nor drive the state
+    if ctx.token_valid is None:
+        return x
+    return x * ctx.token_valid.unsqueeze(-1).to(x.dtype)
+
+
+def _inverse_softplus_dt(n: int, config: AblateConfig) -> torch.Tensor:
+    lo, hi = math.log(config.ssm_dt_min), math.log(config.ssm_dt_max)
+    dt = torch.exp(torch.rand(n) * (hi - lo) + lo).clamp(min=config.ssm_dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+class MambaHeads(nn.Module):
+    """Mamba's sequence mixing on an already projected input x and gate z, both (b, l, inner)."""
+
+    def __init__(self, config: AblateConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        inner, n, r = config.ssm_inner_size, config.ssm_state_size, config.resolved_dt_rank
+        self.inner, self.state_size, self.dt_rank = inner, n, r
+        self.conv_weight = nn.Parameter(torch.empty(inner, config.ssm_conv_kernel))
+        self.conv_bias = nn.Parameter(torch.zeros(inner)) if config.ssm_conv_bias else None
+        self.x_proj = nn.Linear(inner, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(inner, n))
+        self.D = nn.Parameter(torch.empty(inner))
+        if config.ssm_dt_bc_norm:
+            self.dt_norm = RMSNorm(r, config.rms_norm_eps)
+            self.B_norm = RMSNorm(n, config.rms_norm_eps)
+            self.C_norm = RMSNorm(n, config.rms_norm_eps)
+        self.dt_bc_norm = config.ssm_dt_bc_norm
+        self._config = config
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """S4D-real A (1..N per channel), D = 1, dt initialised log-uniform in [dt_min, dt_max]."""
+        A = torch.arange(1, self.state_size + 1, dtype=torch.float32).expand(self.inner, -1)
+        self.A_log.copy_(torch.log(A))
+        self.D.fill_(1.0)
+        std = self.dt_rank**-0.5
+        self.dt_proj.weight.uniform_(-std, std)
+        self.dt_proj.bias.copy_(_inverse_softplus_dt(self.inner, self._config))
+        nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
+        if self.conv_bias is not None:
+            self.conv_bias.zero_()
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        state = ctx.cache.ssm_state(self.layer) if ctx.cache is not None else (None, None)
+        x = _mask_padding(x, ctx).transpose(1, 2)  # (b, inner, l)
+        x, conv_state = causal_conv1d(x, self.conv_weight, self.conv_bias, "silu", state[0])
+        x = _mask_padding(x.transpose(1, 2), ctx)  # (b, l, inner)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.state_size, self.state_size], dim=-1)
+        if self.dt_bc_norm:
+            dt, B, C = self.dt_norm(dt), self.B_norm(B), self.C_norm(C)
+        dt = F.linear(dt, self.dt_proj.weight)  # the bias is added inside the scan, in fp32
+        y, ssm_state = selective_scan(
+            x.transpose(1, 2),
+            dt.transpose(1, 2),
+            -torch.exp(self.A_log.float()),
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            self.D,
+            z.transpose(1, 2),
+            self.dt_proj.bias,
+            True,
+            state[1],
+        )
+        if ctx.cache is not None:
+            ctx.cache.set_ssm_state(self.layer, conv_state, ssm_state)
+        return y.transpose(1, 2)
+
+
+class MambaMixer(nn.Module):
+    """Mamba (v1): in_proj -> (x, z) -> MambaHeads -> out_proj."""
+
+    def __init__(self, config: AblateConfig, layer: int):
+        super().__init__()
+        inner = config.ssm_inner_size
+        self.in_proj = nn.Linear(config.hidden_size, 2 * inner, bias=config.ssm_bias)
+        self.heads = MambaHeads(config, layer)
+        self.out_proj = nn.Linear(inner, config.hidden_size, bias=config.ssm_bias)
+
+    def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        return self.out_proj(self.heads(x, z, ctx))
+
+
+class GatedGroupRMSNorm(nn.Module):
+    """Mamba2's output norm: RMSNorm(y * silu(z)) computed per group of channels."""
+
+    def __init__(self, width: int, groups: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.groups, self.eps = groups, eps
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        dtype = y.dtype
+        y = y.float() * F.silu(z.float())
+        g = y.view(*y.shape[:-1], self.groups, -1)
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * g.view_as(y).to(dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba2: in_proj -> (z, xBC, dt); conv + SiLU on xBC; SSD scan; gated group norm; out_proj."""
+
+    def __init__(self, config: AblateConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        inner, n, g = config.ssm_inner_size, config.ssm_state_size, config.ssm_n_groups
+        self.inner, self.state_size, self.groups = inner, n, g
+        self.num_heads, self.head_dim = config.ssm_num_heads, config.ssm_head_dim
+        self.chunk_size = config.ssm_chunk_size
+        self.conv_dim = inner + 2 * g * n
+        self.in_proj = nn.Linear(config.hidden_size, inner + self.conv_dim + self.num_heads, bias=config.ssm_bias)
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, config.ssm_conv_kernel))
+        self.conv_bias = nn.Parameter(torch.zeros(self.conv_dim)) if config.ssm_conv_bias else None
+        self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
+        self.A_log = nn.Parameter(torch.empty(self.num_heads))
+        self.D = nn.Parameter(torch.empty(self.num_heads))
+        self.norm = GatedGroupRMSNorm(inner, g, config.rms_norm_eps)
+        self.out_proj = nn.Linear(inner, config.hidden_size, bias=config.ssm_bias)
+        self._config = config
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        self.A_log.copy_(torch.log(torch.empty(self.num_heads).uniform_(1, 16)))
+        self.D.fill_(1.0)
+        self.dt_bias.copy_(_inverse_softplus_dt(self.num_heads, self._config))
+        nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
+        if self.conv_bias is not None:
+            self.conv_bias.zero_()
+
+    def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        b, l, _ = hidden.shape
+        state = ctx.cache.ssm_state(self.layer) if ctx.cache is not None else (None, None)
+        z, xbc, dt = torch.split(self.in_proj(_mask_padding(hidden, ctx)), [self.inner, self.conv_dim, self.num_heads], dim=-1)
+        xbc, conv_state = causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, "silu", state[0])
+        xbc = _mask_padding(xbc.transpose(1, 2), ctx)
+        x, B, C = torch.split(xbc, [self.inner, self.groups * self.state_size, self.groups * self.state_size], dim=-1)
+        dt = F.softplus(dt.float() + self.dt_bias.float())
+        y, ssm_state = ssd_scan(
+            x.reshape(b, l, self.num_heads, self.head_dim),
+            dt,
+            -torch.exp(self.A_log.float()),
+            B.reshape(b, l, self.groups, self.state_size),
+            C.reshape(b, l, self.groups, self.state_size),
+            self.D,
+            state[1],
+            self.chunk_size,
+        )
+        if ctx.cache is not None:
+            ctx.cache.set_ssm_state(self.layer, conv_state, ssm_state)
+        return self.out_proj(self.norm(y.reshape(b, l, self.inner), z))
+
+
+SSM_MIXERS = {"mamba": MambaMixer, "mamba2": Mamba2Mixer}
