@@ -1,0 +1,1 @@
+"""Measurement: analytic parameter and cache accounting; throughput benchmarks."""

@@ -1,0 +1,118 @@
+"""Analytic parameter and cache accounting, as the paper's Table 1 counts them.
+
+Parameters are counted on a model built on the meta device (no memory, exact shapes). The
+attention:SSM ratio follows the paper's convention, which its Table 1 rows 2-4 pin down: attention
+parameters are the attention heads' Q, K, V projections (plus the output projection where attention
+owns one: Llama, Samba); SSM parameters are the SSM heads (x and z projections, conv, dt/B/C
+projections and norms, A, D) plus, in the hybrid-head block, the shared output projection after
+fusion. The hybrid block's ``attn_proj`` (the width adapter that mean fusion needs when attention is
+narrower than the SSM) counts toward neither, like norms, FFNs and embeddings.
+
+Cache: bytes held for one sequence of ``seq_len`` tokens: for each layer that computes its own K/V
+(KV-sharing consumers add nothing), keys and values for every token in full-attention layers and
+for at most ``window`` tokens in sliding-window layers, plus the meta tokens in both; plus each SSM
+layer's conv state (kernel - 1 inputs) and recurrent state. MB = 10^6 bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ablate.config import AblateConfig, layer_plans
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    total: int
+    attention: int
+    ssm: int
+
+    @property
+    def attn_ssm_ratio(self) -> float:
+        """Attention over SSM parameters: 0 for SSM-only, inf for attention-only."""
+        if self.ssm == 0:
+            return math.inf if self.attention else 0.0
+        return self.attention / self.ssm
+
+    @property
+    def paper_ratio(self) -> str:
+        """The paper's notation, attn:ssm as 1:x (or 0:1, 1:0)."""
+        if self.attention == 0:
+            return "0:1"
+        if self.ssm == 0:
+            return "1:0"
+        return f"1:{self.ssm / self.attention:.2f}"
+
+
+def _meta_model(config: AblateConfig):
+    from ablate.model.lm import AblateForCausalLM
+
+    with torch.device("meta"):
+        return AblateForCausalLM(config)
+
+
+def count_parameters(config: AblateConfig) -> ParameterCount:
+    model = _meta_model(config)
+    attention = ssm = 0
+    q, k, v = config.query_width, config.key_width, config.value_width
+    for name, p in model.named_parameters():
+        n = p.numel()
+        parts = name.split(".")
+        if config.block == "hybrid" and "in_proj" in parts and "layers" in parts:
+            rows = p.shape[0]
+            per_row = n // rows
+            owns_kv = config.kv_source[int(parts[parts.index("layers") + 1])] == int(parts[parts.index("layers") + 1])
+            attn_rows = q + ((k + v) if owns_kv else 0)
+            attention += attn_rows * per_row
+            ssm += (rows - attn_rows) * per_row
+        elif "attn" in parts or "attn_out_norm" in parts:
+            attention += n
+        elif "ssm" in parts or "ssm_out_norm" in parts or (config.block == "hybrid" and "out_proj" in parts):
+            ssm += n
+    total = sum(p.numel() for p in model.parameters())
+    return ParameterCount(total=total, attention=attention, ssm=ssm)
+
+
+@dataclass(frozen=True)
+class CacheBytes:
+    kv: int
+    ssm: int
+
+    @property
+    def total(self) -> int:
+        return self.kv + self.ssm
+
+    @property
+    def mb(self) -> float:
+        return self.total / 1e6
+
+
+def ssm_state_values(config: AblateConfig) -> tuple[int, int]:
+    """(conv state, recurrent state) values per SSM layer for one sequence."""
+    if config.ssm_type == "mamba2":
+        conv_channels = config.ssm_inner_size + 2 * config.ssm_n_groups * config.ssm_state_size
+        recurrent = config.ssm_num_heads * config.ssm_head_dim * config.ssm_state_size
+    else:
+        conv_channels = config.ssm_inner_size
+        recurrent = config.ssm_inner_size * config.ssm_state_size
+    return conv_channels * (config.ssm_conv_kernel - 1), recurrent
+
+
+def kv_tokens(config: AblateConfig, window: int | None, seq_len: int) -> int:
+    """Tokens one layer's K/V cache holds after ``seq_len`` tokens (meta tokens included)."""
+    held = seq_len if window is None else min(seq_len, window)
+    return held + config.num_meta_tokens
+
+
+def cache_bytes(config: AblateConfig, seq_len: int, bytes_per_value: int = 2) -> CacheBytes:
+    kv = 0
+    for plan in layer_plans(config):
+        if plan.owns_kv:
+            kv += kv_tokens(config, plan.window, seq_len) * (config.key_width + config.value_width)
+    ssm = 0
+    if config.has_ssm:
+        ssm = config.num_hidden_layers * sum(ssm_state_values(config))
+    return CacheBytes(kv=kv * bytes_per_value, ssm=ssm * bytes_per_value)
