@@ -45,6 +45,10 @@ class AblateConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 8192
+    # training on packed sequences: keep attention and SSM state inside each document (the trainer
+    # passes seq_idx). With meta tokens, later documents of a pack still see the meta tokens through
+    # attention, but their SSM state restarts from zero rather than from the meta tokens' state.
+    document_masking: bool = False
 
     # attention
     num_attention_heads: int = 8

@@ -1,1 +1,1 @@
-"""Measurement: analytic parameter and cache accounting; throughput benchmarks."""
+"""Efficiency: analytic parameter and cache accounting, throughput and memory measurement, kernel benchmarks."""

@@ -116,3 +116,26 @@ def cache_bytes(config: AblateConfig, seq_len: int, bytes_per_value: int = 2) ->
     if config.has_ssm:
         ssm = config.num_hidden_layers * sum(ssm_state_values(config))
     return CacheBytes(kv=kv * bytes_per_value, ssm=ssm * bytes_per_value)
+
+
+def accounting_row(variant, seq_len: int) -> dict:
+    """One row of ``ablate variants``: a variant's size, parameter ratio and analytic cache, beside
+    the paper's figures where the variant records them."""
+    params = count_parameters(variant.config)
+    cache = cache_bytes(variant.config, seq_len)
+    return {
+        "name": variant.name,
+        "family": variant.family,
+        "scale": variant.scale,
+        "seq_len": seq_len,
+        "params": params.total,
+        "attention_params": params.attention,
+        "ssm_params": params.ssm,
+        "attn_ssm_ratio": params.attn_ssm_ratio,
+        "attn_ssm": params.paper_ratio,
+        "cache_mb": round(cache.mb, 4),
+        "kv_cache_mb": round(cache.kv / 1e6, 4),
+        "ssm_cache_mb": round(cache.ssm / 1e6, 4),
+        "paper_attn_ssm": variant.paper.get("attn_ssm_ratio", ""),
+        "paper_cache_mb": variant.paper.get("cache_mb", ""),
+    }

@@ -23,9 +23,11 @@ def selective_scan_ref(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l); D, delta_bias: (d,);
-    initial_state: (b, d, n). Sequential over l, in fp32.
+    initial_state: (b, d, n); seq_idx: (b, l) document index: the state restarts from zero where it
+    changes. Sequential over l, in fp32.
 
     Returns (y of shape (b, d, l) in u's dtype, last_state (b, d, n) in fp32)."""
     dtype, acc = u.dtype, torch.promote_types(u.dtype, torch.float32)
@@ -36,6 +38,8 @@ def selective_scan_ref(
         delta = F.softplus(delta)
     batch, dim, length = u.shape
     decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # (b, d, l, n)
+    if seq_idx is not None:
+        decay = decay * document_continues(seq_idx).to(acc)[:, None, :, None]
     drive = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (b, d, l, n)
     Ct = C.transpose(1, 2)  # (b, l, n)
     h = u.new_zeros(batch, dim, A.shape[-1]) if initial_state is None else initial_state.to(acc)
@@ -51,9 +55,18 @@ def selective_scan_ref(
     return y.to(dtype), h
 
 
+def document_continues(seq_idx: torch.Tensor) -> torch.Tensor:
+    """(b, l) bool: position t continues the document of t-1 (the first position always does, so an
+    initial state carries in)."""
+    same = seq_idx[:, 1:] == seq_idx[:, :-1]
+    return torch.cat([torch.ones_like(seq_idx[:, :1], dtype=torch.bool), same], dim=1)
+
+
 _SCAN = op("selective_scan", selective_scan_ref)
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None, backend=None):
-    fn = _SCAN.choose(backend, u)
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None, seq_idx=None, backend=None
+):
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx)
+    return _SCAN.choose(backend, *args)(*args)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ablate.kernels.backend import op
+from ablate.kernels.selective_scan import document_continues
 
 
 def _expand_groups(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -20,17 +21,21 @@ def _expand_groups(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.repeat_interleave(heads // t.shape[2], dim=2)
 
 
-def ssd_scan_sequential_ref(x, dt, A, B, C, D=None, initial_state=None):
+def ssd_scan_sequential_ref(x, dt, A, B, C, D=None, initial_state=None, seq_idx=None):
     """x: (b, l, h, p); dt: (b, l, h) (already bias-added and softplus'd); A: (h,); B, C: (b, l, g, n);
-    D: (h,); initial_state: (b, h, p, n). Returns (y (b, l, h, p), final_state (b, h, p, n) in fp32 or wider)."""
+    D: (h,); initial_state: (b, h, p, n); seq_idx: (b, l) document index: the state restarts from zero
+    where it changes. Returns (y (b, l, h, p), final_state (b, h, p, n) in fp32 or wider)."""
     dtype, acc = x.dtype, torch.promote_types(x.dtype, torch.float32)
     x, dt, A = x.to(acc), dt.to(acc), A.to(acc)
     B, C = _expand_groups(B.to(acc), x.shape[2]), _expand_groups(C.to(acc), x.shape[2])
     b, l, h, p = x.shape
     state = x.new_zeros(b, h, p, B.shape[-1]) if initial_state is None else initial_state.to(acc)
+    keep = document_continues(seq_idx).to(acc) if seq_idx is not None else None
     ys = []
     for t in range(l):
         decay = torch.exp(dt[:, t] * A)[:, :, None, None]
+        if keep is not None:
+            decay = decay * keep[:, t, None, None, None]
         state = decay * state + (dt[:, t, :, None] * x[:, t]).unsqueeze(-1) * B[:, t, :, None, :]
         ys.append(torch.einsum("bhpn,bhn->bhp", state, C[:, t]))
     y = torch.stack(ys, dim=1)
@@ -39,7 +44,7 @@ def ssd_scan_sequential_ref(x, dt, A, B, C, D=None, initial_state=None):
     return y.to(dtype), state
 
 
-def ssd_scan_ref(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64):
+def ssd_scan_ref(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64, seq_idx=None):
     """Chunked SSD, same contract as ``ssd_scan_sequential_ref``."""
     dtype, acc = x.dtype, torch.promote_types(x.dtype, torch.float32)
     b, l, h, p = x.shape
@@ -50,6 +55,8 @@ def ssd_scan_ref(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64):
     if pad:
         # zero dt on padding: no decay, no input, so the final state is unaffected
         x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
+        if seq_idx is not None:
+            seq_idx = torch.cat([seq_idx, seq_idx[:, -1:].expand(-1, pad)], dim=1)
     c = x.shape[1] // chunk_size
     xc = x.view(b, c, chunk_size, h, p)
     Bc = B.view(b, c, chunk_size, h, n)
@@ -61,22 +68,34 @@ def ssd_scan_ref(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64):
     # inside a chunk: y_t = sum_{s<=t} exp(acs_t - acs_s) <C_t, B_s> x_s dt_s
     causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=x.device).tril()
     seg = (acs.unsqueeze(-1) - acs.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
-    weights = torch.einsum("bcthn,bcshn->bchts", Cc, Bc) * torch.exp(seg)
+    decay_ts = torch.exp(seg)  # (b, c, h, t, s)
+    to_end = torch.exp(acs[..., -1:] - acs)  # (b, c, h, T): step t's weight in the chunk-end state
+    from_start = torch.exp(acs)  # (b, c, h, T): the entering state's weight at step t
+    chunk_decay = torch.exp(acs[..., -1])  # (b, c, h)
+    if seq_idx is not None:
+        # packed documents: drop every path that crosses a document start (mamba_ssm's seq_idx idea)
+        sc = seq_idx.view(b, c, chunk_size)
+        prev = torch.cat([sc[:, :1, :1], sc[:, :-1, -1:]], dim=1)  # document of the entering state
+        decay_ts = decay_ts * (sc.unsqueeze(-1) == sc.unsqueeze(-2)).unsqueeze(2).to(acc)
+        to_end = to_end * (sc == sc[..., -1:]).unsqueeze(2).to(acc)
+        from_start = from_start * (sc == prev).unsqueeze(2).to(acc)
+        chunk_decay = chunk_decay * (sc[..., -1] == prev[..., 0]).unsqueeze(-1).to(acc)
+
+    # inside a chunk: y_t = sum_{s<=t} exp(acs_t - acs_s) <C_t, B_s> x_s dt_s
+    weights = torch.einsum("bcthn,bcshn->bchts", Cc, Bc) * decay_ts
     y = torch.einsum("bchts,bcshp->bcthp", weights, xdt)
 
     # each chunk's contribution to the state at its end
-    to_end = torch.exp(acs[..., -1:] - acs)  # (b, c, h, T)
     chunk_states = torch.einsum("bcht,bcthn,bcthp->bchpn", to_end, Bc, xdt)
 
     # across chunks: a short recurrence over chunk boundaries
     state = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.to(acc)
-    chunk_decay = torch.exp(acs[..., -1])  # (b, c, h)
     starts = []
     for i in range(c):
         starts.append(state)
         state = chunk_decay[:, i, :, None, None] * state + chunk_states[:, i]
     start = torch.stack(starts, dim=1)  # (b, c, h, p, n): state entering each chunk
-    y = y + torch.einsum("bcthn,bchpn,bcht->bcthp", Cc, start, torch.exp(acs))
+    y = y + torch.einsum("bcthn,bchpn,bcht->bcthp", Cc, start, from_start)
     y = y.reshape(b, c * chunk_size, h, p)[:, :l]
     if D is not None:
         y = y + x[:, :l] * D.to(acc)[:, None]
@@ -86,6 +105,6 @@ def ssd_scan_ref(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64):
 _SSD = op("ssd", ssd_scan_ref)
 
 
-def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64, backend=None):
-    fn = _SSD.choose(backend, x)
-    return fn(x, dt, A, B, C, D, initial_state, chunk_size)
+def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64, seq_idx=None, backend=None):
+    args = (x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
+    return _SSD.choose(backend, *args)(*args)

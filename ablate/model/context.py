@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ablate.kernels import attention_mask
+from ablate.kernels import MaskSpec
 from ablate.model.layers import rope_tables
 
 
@@ -20,6 +20,7 @@ class ForwardContext:
     dtype: torch.dtype
     token_valid: torch.Tensor | None = None  # (b, l) False at padding
     cache: object | None = None  # the inference cache (ablate.model.cache), None when training
+    seq_idx: torch.Tensor | None = None  # (b, l) document index of each token when packed documents must not mix
     shared_kv: dict = field(default_factory=dict)  # producer layer -> (k, v, k_positions, k_valid)
     _rope: tuple | None = None
     _masks: dict = field(default_factory=dict)
@@ -30,13 +31,12 @@ class ForwardContext:
             self._rope = rope_tables(self.positions, self.head_dim, self.rope_theta, self.dtype)
         return self._rope
 
-    def mask(self, window: int | None, k_positions: torch.Tensor, k_valid: torch.Tensor | None):
-        """The attention mask for one layer kind. None means plain causal over aligned queries and
-        keys, the case the fused kernels handle fastest."""
-        aligned = k_positions.shape[-1] == self.positions.shape[-1] and self.cache is None
-        if window is None and k_valid is None and aligned:
-            return None
-        key = (window, k_positions.data_ptr(), k_positions.shape, None if k_valid is None else k_valid.data_ptr())
+    def mask(self, window: int | None, k_positions: torch.Tensor, k_valid: torch.Tensor | None) -> MaskSpec:
+        """The mask description for one layer kind, shared by every layer that attends over the same
+        keys (so a backend builds its mask once per forward)."""
+        key = (window, k_positions.data_ptr(), tuple(k_positions.shape), None if k_valid is None else k_valid.data_ptr())
         if key not in self._masks:
-            self._masks[key] = attention_mask(self.positions, k_positions, window, self.num_meta, k_valid)
+            aligned = self.cache is None and k_positions is self.positions
+            seq = self.seq_idx if aligned else None
+            self._masks[key] = MaskSpec(self.positions, k_positions, window, self.num_meta, k_valid, aligned, seq, seq)
         return self._masks[key]

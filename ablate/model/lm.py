@@ -67,8 +67,11 @@ class AblateModel(AblatePreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         past_key_values=None,
         use_cache: bool | None = None,
+        seq_idx: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """seq_idx: (b, l) document index of each token of packed training sequences: attention and
+        SSM state stay within a document (meta tokens remain visible to all). Not with a cache."""
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         b, l, _ = inputs_embeds.shape
@@ -89,6 +92,11 @@ class AblateModel(AblatePreTrainedModel):
             prefix = 0
         if token_valid is not None and bool(token_valid.all()):
             token_valid = None
+        if seq_idx is not None:
+            if cache is not None:
+                raise ValueError("seq_idx (packed documents) is for training forwards, not with a cache")
+            # meta tokens belong to the first document, so they initialise its SSM state
+            seq_idx = torch.cat([seq_idx[:, :1].expand(-1, prefix), seq_idx], dim=1)
         positions = torch.arange(seen, seen + inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
         ctx = ForwardContext(
             positions=positions,
@@ -98,6 +106,7 @@ class AblateModel(AblatePreTrainedModel):
             dtype=inputs_embeds.dtype,
             token_valid=token_valid,
             cache=cache,
+            seq_idx=seq_idx,
         )
         h = inputs_embeds
         for layer in self.layers:
@@ -141,6 +150,7 @@ class AblateForCausalLM(AblatePreTrainedModel, GenerationMixin):
         past_key_values=None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        seq_idx: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         out = self.model(
@@ -149,6 +159,7 @@ class AblateForCausalLM(AblatePreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             past_key_values=past_key_values,
             use_cache=use_cache,
+            seq_idx=seq_idx,
         )
         h = out.last_hidden_state
         if logits_to_keep:

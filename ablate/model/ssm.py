@@ -69,7 +69,7 @@ class MambaHeads(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         state = ctx.cache.ssm_state(self.layer) if ctx.cache is not None else (None, None)
         x = _mask_padding(x, ctx).transpose(1, 2)  # (b, inner, l)
-        x, conv_state = causal_conv1d(x, self.conv_weight, self.conv_bias, "silu", state[0])
+        x, conv_state = causal_conv1d(x, self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
         x = _mask_padding(x.transpose(1, 2), ctx)  # (b, l, inner)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.state_size, self.state_size], dim=-1)
         if self.dt_bc_norm:
@@ -86,6 +86,7 @@ class MambaHeads(nn.Module):
             self.dt_proj.bias,
             True,
             state[1],
+            ctx.seq_idx,
         )
         if ctx.cache is not None:
             ctx.cache.set_ssm_state(self.layer, conv_state, ssm_state)
@@ -157,7 +158,7 @@ class Mamba2Mixer(nn.Module):
         b, l, _ = hidden.shape
         state = ctx.cache.ssm_state(self.layer) if ctx.cache is not None else (None, None)
         z, xbc, dt = torch.split(self.in_proj(_mask_padding(hidden, ctx)), [self.inner, self.conv_dim, self.num_heads], dim=-1)
-        xbc, conv_state = causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, "silu", state[0])
+        xbc, conv_state = causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
         xbc = _mask_padding(xbc.transpose(1, 2), ctx)
         x, B, C = torch.split(xbc, [self.inner, self.groups * self.state_size, self.groups * self.state_size], dim=-1)
         dt = F.softplus(dt.float() + self.dt_bias.float())
@@ -170,6 +171,7 @@ class Mamba2Mixer(nn.Module):
             self.D,
             state[1],
             self.chunk_size,
+            ctx.seq_idx,
         )
         if ctx.cache is not None:
             ctx.cache.set_ssm_state(self.layer, conv_state, ssm_state)

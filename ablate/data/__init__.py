@@ -1,0 +1,1 @@
+"""Data: corpus sources, tokenizers, memmapped token shards, packing, synthetic task generators."""

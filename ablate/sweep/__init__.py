@@ -1,0 +1,1 @@
+"""Sweeps: named lists of variants and stages, run into a run root, resumable."""
