@@ -13,6 +13,17 @@
       eval/SUITE.json     one lm-eval result file per suite; per-sample records beside it
       bench.json          throughput, memory and cache measurements
 
+Result schemas (each also carries ``config_hash`` and ``provenance``)::
+
+    metrics.jsonl   {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"}
+                    and, at evaluation steps, {"step", "tokens", "val_loss"}
+    eval/SUITE.json {"suite", "lm_eval_version", "limit", "num_fewshot",
+                     "results": [{"task", "metric", "value", "stderr", "n"}, ...]}
+    bench.json      {"variant", "scale", "protocol": {"prompt_len", "gen_tokens", "batch_requested",
+                     "batch", "dtype", "device"}, "prefill_tokens_per_s", "decode_tokens_per_s",
+                     "decode_bound_tokens_per_s", "peak_memory_gb", "cache_mb_measured",
+                     "cache_mb_analytic"}
+
 Every JSON file is written atomically (a temporary file, then a rename), so a crash never leaves a
 half-written result; each stage's result records the ``config_hash`` it was produced under, so a sweep
 reruns a stage when the config changed and skips it when it did not.
