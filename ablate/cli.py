@@ -47,11 +47,24 @@ def variants(
         typer.echo(json.dumps([{k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in r.items()} for r in rows], indent=2))
         return
     table = Table(title=f"variants at scale '{scale}', cache for one sequence of {seq_len} tokens (FP16, MB = 1e6 bytes)")
-    for col, just in [("name", "left"), ("family", "left"), ("params", "right"), ("attn:ssm", "right"), ("paper attn:ssm", "right"), ("cache MB", "right"), ("paper cache MB", "right")]:
-        table.add_column(col, justify=just)
+    for col in ("name", "family", "params", "attn:ssm", "paper", "diff %", "cache MB", "paper", "diff %"):
+        table.add_column(col, justify="left" if col in ("name", "family") else "right")
+    notes = []
     for r in rows:
-        table.add_row(r["name"], r["family"], f"{r['params'] / 1e6:,.1f}M", r["attn_ssm"], str(r["paper_attn_ssm"]), f"{r['cache_mb']:,.2f}", str(r["paper_cache_mb"]))
+        mark = ""
+        if r["note"]:
+            notes.append(r)
+            mark = f" [{len(notes)}]"
+        diff = lambda v: "" if v == "" else f"{v:+.1f}"  # noqa: E731
+        table.add_row(
+            r["name"] + mark, r["family"], f"{r['params'] / 1e6:,.1f}M", r["attn_ssm"], str(r["paper_attn_ssm"]),
+            diff(r["attn_ssm_diff_pct"]), f"{r['cache_mb']:,.2f}", str(r["paper_cache_mb"]), diff(r["cache_diff_pct"]),
+        )
     console.print(table)
+    for i, r in enumerate(notes, 1):
+        console.print(f"[{i}] {r['name']}: {r['note']}", soft_wrap=True, highlight=False, markup=False)
+    if scale == "paper" and seq_len != 8000 and any(r["paper_cache_mb"] != "" for r in rows):
+        console.print("The paper's Table 1 cache column fits 8000 tokens: compare with --seq-len 8000.")
 
 
 @app.command()

@@ -206,6 +206,32 @@ def resolve_kv_sharing(pattern, layer_attention: list[str | None]) -> list[int |
 
 
 # ---- validation -----------------------------------------------------------------------------
+_TYPE_NAMES = {"int": int, "float": (int, float), "bool": bool, "str": str, "None": type(None), "list": list}
+
+
+def _accepted_types(annotation: str) -> tuple:
+    """The runtime types a field annotation such as ``int | str`` or ``str | list[int]`` admits."""
+    types: list = []
+    for part in annotation.split("|"):
+        base = part.strip().split("[", 1)[0]
+        accepted = _TYPE_NAMES.get(base)
+        if accepted is None:
+            return (object,)
+        types.extend(accepted if isinstance(accepted, tuple) else (accepted,))
+    return tuple(types)
+
+
+def _type_problems(c: "AblateConfig") -> list[tuple[str, str]]:
+    out = []
+    for name, annotation in AblateConfig.__annotations__.items():
+        value = getattr(c, name, None)
+        accepted = _accepted_types(str(annotation))
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, accepted) or (is_bool and bool not in accepted):
+            out.append((name, f"must be {str(annotation).replace(' | ', ' or ')}, got {value!r}"))
+    return out
+
+
 def config_problems(c: AblateConfig) -> list[tuple[str, str]]:
     """Every inconsistency, as (field, message); empty when the config can build a model."""
     out: list[tuple[str, str]] = []
@@ -214,6 +240,9 @@ def config_problems(c: AblateConfig) -> list[tuple[str, str]]:
         if not ok:
             out.append((field, message))
 
+    out.extend(_type_problems(c))
+    if out:
+        return out
     need(c.block in BLOCKS, "block", f"unknown block {c.block!r}; one of {', '.join(BLOCKS)}")
     for f in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size"):
         need(isinstance(getattr(c, f), int) and getattr(c, f) > 0, f, f"must be a positive integer, got {getattr(c, f)!r}")

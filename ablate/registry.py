@@ -73,6 +73,10 @@ def _locate(name: str, directory: Path) -> Path:
     if path.exists():
         return path
     known = variant_names(directory)
+    # a unique prefix ending at a name boundary is enough ("table1-13" for table1-13-meta-tokens)
+    by_prefix = [k for k in known if k.startswith(f"{name}-")]
+    if len(by_prefix) == 1:
+        return directory / f"{by_prefix[0]}.yaml"
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; `ablate variants` lists the {len(known)} known"
     raise VariantError("variant", f"unknown variant {name!r} (no {_rel(path)}){hint}")

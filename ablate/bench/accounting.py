@@ -118,12 +118,27 @@ def cache_bytes(config: AblateConfig, seq_len: int, bytes_per_value: int = 2) ->
     return CacheBytes(kv=kv * bytes_per_value, ssm=ssm * bytes_per_value)
 
 
+def ratio_value(paper_ratio: str) -> float:
+    """The x of the paper's "1:x" notation as SSM over attention parameters (0:1 -> inf, 1:0 -> 0)."""
+    attention, ssm = (float(part) for part in str(paper_ratio).split(":"))
+    return math.inf if attention == 0 else ssm / attention
+
+
+def _diff_pct(ours: float, theirs: float) -> float | None:
+    if not math.isfinite(ours) or not math.isfinite(theirs):
+        return 0.0 if ours == theirs else None
+    if theirs == 0:
+        return 0.0 if ours == 0 else None
+    return 100.0 * (ours - theirs) / theirs
+
+
 def accounting_row(variant, seq_len: int) -> dict:
     """One row of ``ablate variants``: a variant's size, parameter ratio and analytic cache, beside
-    the paper's figures where the variant records them."""
+    the paper's figures (and the note explaining a difference) where the variant records them."""
     params = count_parameters(variant.config)
     cache = cache_bytes(variant.config, seq_len)
-    return {
+    paper = variant.paper
+    row = {
         "name": variant.name,
         "family": variant.family,
         "scale": variant.scale,
@@ -136,6 +151,16 @@ def accounting_row(variant, seq_len: int) -> dict:
         "cache_mb": round(cache.mb, 4),
         "kv_cache_mb": round(cache.kv / 1e6, 4),
         "ssm_cache_mb": round(cache.ssm / 1e6, 4),
-        "paper_attn_ssm": variant.paper.get("attn_ssm_ratio", ""),
-        "paper_cache_mb": variant.paper.get("cache_mb", ""),
+        "paper_attn_ssm": paper.get("attn_ssm_ratio", ""),
+        "attn_ssm_diff_pct": "",
+        "paper_cache_mb": paper.get("cache_mb", ""),
+        "cache_diff_pct": "",
+        "note": "; ".join(f"{k.removesuffix('_note')}: {v}" for k, v in paper.items() if k.endswith("_note")),
     }
+    if row["paper_attn_ssm"]:
+        ours = params.ssm / params.attention if params.attention else math.inf
+        diff = _diff_pct(ours, ratio_value(row["paper_attn_ssm"]))
+        row["attn_ssm_diff_pct"] = "" if diff is None else round(diff, 2)
+    if row["paper_cache_mb"] != "":
+        row["cache_diff_pct"] = round(_diff_pct(cache.mb, float(row["paper_cache_mb"])), 2)
+    return row
