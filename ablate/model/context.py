@@ -11,6 +11,24 @@ from ablate.kernels import MaskSpec
 from ablate.model.layers import rope_tables
 
 
+class SharedKV:
+    """Producer layer -> (k, v, k_positions, k_valid). Deliberately not a dict or dataclass: FSDP2's
+    forward hooks rebuild dicts and dataclasses that hold grad-requiring tensors, which would hand each
+    layer a copy and hide a producer's K/V from its consumers."""
+
+    def __init__(self):
+        self._items: dict = {}
+
+    def __getitem__(self, layer: int):
+        return self._items[layer]
+
+    def __setitem__(self, layer: int, value) -> None:
+        self._items[layer] = value
+
+    def __contains__(self, layer: int) -> bool:
+        return layer in self._items
+
+
 @dataclass
 class ForwardContext:
     positions: torch.Tensor  # (b or 1, l) absolute positions of the queries; meta tokens are 0..M-1
@@ -21,7 +39,7 @@ class ForwardContext:
     token_valid: torch.Tensor | None = None  # (b, l) False at padding
     cache: object | None = None  # the inference cache (ablate.model.cache), None when training
     seq_idx: torch.Tensor | None = None  # (b, l) document index of each token when packed documents must not mix
-    shared_kv: dict = field(default_factory=dict)  # producer layer -> (k, v, k_positions, k_valid)
+    shared_kv: SharedKV = field(default_factory=SharedKV)  # producer layer -> (k, v, k_positions, k_valid)
     _rope: tuple | None = None
     _masks: dict = field(default_factory=dict)
 
