@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+
 import torch
 import torch.nn.functional as F
 
@@ -102,7 +105,62 @@ def ssd_scan_ref(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64, seq_
     return y.to(dtype), state
 
 
+# ---- fast paths ---------------------------------------------------------------------------
+# Imported on first use, never at ``import ablate``: triton decides at import time whether its
+# kernels run compiled or under the CPU interpreter (TRITON_INTERPRET), so the choice stays with
+# whoever runs the code.
+
+
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _ssd_triton(*args):
+    from ablate.kernels.triton.ssd import ssd_scan_triton
+
+    return ssd_scan_triton(*args)
+
+
+def _ssd_triton_available(x, *args) -> bool:
+    """CUDA tensors with triton installed; on CPU only when a test asks for the interpreter."""
+    if not _triton_importable():
+        return False
+    from ablate.kernels.triton.ssd import available
+
+    return available(x, *args)
+
+
+@functools.cache
+def _mamba_chunk_scan():
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception:  # not installed, or built for another torch / CUDA
+        return None
+    return mamba_chunk_scan_combined
+
+
+def _ssd_mamba_ssm(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64, seq_idx=None):
+    # dt arrives already bias-added and softplus'd, so mamba_ssm applies neither
+    y, final = _mamba_chunk_scan()(
+        x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state,
+        seq_idx=seq_idx.to(torch.int32) if seq_idx is not None else None, return_final_states=True,
+    )
+    return y, final.float()
+
+
+def _ssd_mamba_ssm_available(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64, seq_idx=None) -> bool:
+    """mamba-ssm when it imports, on CUDA. Declined for packed documents together with an initial
+    state: mamba_ssm lets the initial state into document 0 only, where we let it into the first
+    step's document (untested against mamba_ssm here: no wheel for this image)."""
+    if not x.is_cuda or _mamba_chunk_scan() is None:
+        return False
+    return seq_idx is None or initial_state is None
+
+
 _SSD = op("ssd", ssd_scan_ref)
+# auto order: our Triton kernels (tested here on every shape we support), then mamba-ssm
+_SSD.register("triton", _ssd_triton, _ssd_triton_available)
+_SSD.register("mamba_ssm", _ssd_mamba_ssm, _ssd_mamba_ssm_available)
 
 
 def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, chunk_size=64, seq_idx=None, backend=None):
