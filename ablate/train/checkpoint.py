@@ -32,9 +32,6 @@ from ablate.rundir import write_json_atomic
 from ablate.train import faults
 from ablate.train.parallelize import Dist
 
-# DCP warns on every single-process save/load although no_dist=True says exactly that
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 TRAIN_STATE = "train_state.json"
 
@@ -101,6 +98,12 @@ class Checkpointer:
     def _dcp_kwargs(self) -> dict:
         return {} if self.d.initialized else {"no_dist": True}
 
+    def _dcp(self, fn, state: dict, path: Path) -> None:
+        with warnings.catch_warnings():
+            # DCP warns on every single-process call although no_dist=True says exactly that
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+            fn(state, checkpoint_id=str(path), **self._dcp_kwargs())
+
     def clean_partial(self) -> None:
         """Remove folders a crash left behind (half-written saves, half-deleted old checkpoints)."""
         if self.d.is_main and self.dir.exists():
@@ -118,7 +121,7 @@ class Checkpointer:
             tmp.mkdir()
         self.d.barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), **self._dcp_kwargs())
+        self._dcp(dcp.save, {"model": model_sd, "optim": optim_sd}, tmp)
         torch.save(_rng_state(), tmp / f"rng-rank{self.d.rank}.pt")
         faults.maybe_crash_in_save(step)  # test hook: die with the folder half-written
         self.d.barrier()
@@ -148,7 +151,7 @@ class Checkpointer:
         state = json.loads((path / TRAIN_STATE).read_text())
         model_sd, optim_sd = get_state_dict(model, optimizer)
         sd = {"model": model_sd, "optim": optim_sd}
-        dcp.load(sd, checkpoint_id=str(path), **self._dcp_kwargs())
+        self._dcp(dcp.load, sd, path)
         set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
         scheduler.load_state_dict(state["scheduler"])
         rng = path / f"rng-rank{self.d.rank}.pt"

@@ -14,6 +14,7 @@ What it guarantees:
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -117,7 +118,7 @@ def _data_dir(data, config, scale: str, d: Dist, quiet: bool) -> Path:
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
-    for k in sorted(set(old) | set(new)):
+    for k in sorted(set(old) | set(new), key=str):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _diff(a, b, f"{prefix}{k}.")
@@ -156,6 +157,7 @@ def _run(d: Dist, variant, scale, out, data, steps, tokens, resume, overrides, s
         )
     run = RunDir(out or Path("runs") / f"{v.name}-{scale}")
     identity = {"variant": v.name, "scale": scale, "model": model_identity(config), "train": s.identity(), "data": manifest["data_hash"]}
+    identity = json.loads(json.dumps(identity, sort_keys=True, default=str))  # as run.json stores it (string keys)
     chash = config_hash(identity)
     existing = run.info() if run.exists() else None
     if existing is not None:

@@ -1,0 +1,126 @@
+"""The trainer in one CPU process: a tiny run end to end (run.json, metrics, checkpoints, model/
+loadable by transformers), LR schedules, and bad input failing with one line without touching the
+run directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from train_support import losses, tiny_data, val_losses  # noqa: F401  (fixture)
+
+from ablate.rundir import RunDir
+from ablate.train import run_training
+from ablate.train.optimizer import lr_factor, param_groups
+from ablate.train.settings import TrainError, TrainSettings
+
+SMALL = dict(seq_len=32, global_batch=4, eval_every=5, val_windows=8, ckpt_every=5, keep_checkpoints=2)
+
+
+def test_tiny_run_end_to_end(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    r = run_training("table3-llama3", "tiny", out=out, data=tiny_data, steps=12, settings=dict(SMALL, lr=1e-2), quiet=True)
+    assert r.status == "complete" and r.step == 12 and r.tokens == 12 * 4 * 32
+    assert r.val_loss < r.val_loss_initial - 0.3  # it learns
+    info = RunDir(out).info()
+    assert info["status"] == "complete" and info["config_hash"] == r.config_hash
+    assert info["model_config"]["hidden_size"] == 32 and info["train"]["global_batch"] == 4 and info["data"]["data_hash"]
+    assert info["provenance"]["git_sha"]
+    rows = RunDir(out).metrics()
+    train_rows = [x for x in rows if "loss" in x]
+    assert [x["step"] for x in train_rows] == list(range(1, 13))
+    assert set(train_rows[0]) >= {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "config_hash"}
+    assert sorted(val_losses(out)) == [0, 5, 10, 12]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000010", "step-00000012"]  # keep 2
+    # model/ loads through transformers, with its tokenizer, and scores like the trained model
+    import ablate.model.lm  # noqa: F401  (registers the model type)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    assert tok.eos_token == "<|endoftext|>" and model.config.eos_token_id == tok.eos_token_id
+    ids = torch.tensor([tok("def main():\n    return 0\n")["input_ids"]])
+    loss = model(input_ids=ids, labels=ids).loss
+    assert torch.isfinite(loss)
+    # resuming a complete run is a no-op
+    again = run_training("table3-llama3", "tiny", out=out, data=tiny_data, steps=12, settings=dict(SMALL, lr=1e-2), resume=True, quiet=True)
+    assert again.status == "complete" and again.step == 12 and len(RunDir(out).metrics()) == len(rows)
+
+
+def test_document_masking_and_grad_accumulation(tmp_path, tiny_data):
+    """A hybrid (attention + SSM heads, meta tokens, KV sharing) with seq_idx from document
+    boundaries; 4 micro steps of 1 sequence give the same losses as one step of 4."""
+    common = dict(variant="hymba-1.5b", scale="tiny", data=tiny_data, steps=2, overrides={"document_masking": True}, quiet=True)
+    a = run_training(out=tmp_path / "a", settings=dict(SMALL, seq_len=16, eval_every=0, val_windows=1), **common)
+    b = run_training(out=tmp_path / "b", settings=dict(SMALL, seq_len=16, eval_every=0, val_windows=1, micro_batch=1), **common)
+    la, lb = losses(a.run_dir), losses(b.run_dir)
+    assert la.keys() == lb.keys() == {1, 2}
+    assert all(abs(la[k] - lb[k]) < 1e-5 for k in la)
+
+
+def test_schedules():
+    s = TrainSettings(steps=100, warmup_steps=10, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.1)
+    f = [lr_factor(i, s) for i in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[50] == 1.0 and f[79] == 1.0
+    assert f[80] < 1.0 and f[99] == pytest.approx(0.1) and all(a >= b for a, b in zip(f[80:], f[81:]))
+    c = TrainSettings(steps=100, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    g = [lr_factor(i, c) for i in range(101)]
+    assert g[10] == pytest.approx(1.0) and g[55] == pytest.approx(0.55) and g[100] == pytest.approx(0.1)
+
+
+def test_weight_decay_groups():
+    from ablate.registry import build_model
+
+    model = build_model("hymba-1.5b", "tiny")
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("weight") for p in decay["params"])
+    assert any("A_log" in names[id(p)] for p in no_decay["params"]) and any("meta_tokens" in names[id(p)] for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_bad_input_one_line_and_run_dir_untouched(tmp_path, tiny_data):
+    def fails(match, variant="table3-llama3", **kw):
+        with pytest.raises(TrainError, match=match) as e:
+            run_training(variant, "tiny", quiet=True, **{"out": tmp_path / "x", "data": tiny_data, "steps": 2, "settings": SMALL, **kw})
+        assert "\n" not in str(e.value)
+
+    fails("does not exist", data=tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    fails("is empty", data=tmp_path / "empty")
+    fails("override vocab_size", overrides={"vocab_size": 128})  # the tokenizer has 256 tokens
+    fails("unknown variant", variant="no-such-variant")
+    fails("global_batch.*do not split|micro_batch.*does not divide", settings=dict(SMALL, micro_batch=3))
+    assert not (tmp_path / "x").exists()
+
+    out = tmp_path / "run"
+    run_training("table3-llama3", "tiny", out=out, data=tiny_data, steps=2, settings=SMALL, quiet=True)
+    before = (out / "run.json").read_bytes()
+    fails("already a run directory", out=out)
+    fails(r"cannot resume .*train.lr: 0.003 -> 0.001", out=out, resume=True, settings=dict(SMALL, lr=1e-3))
+    fails(r"cannot resume .*model.hidden_size", out=out, resume=True, overrides={"hidden_size": 64})
+    assert (out / "run.json").read_bytes() == before
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setenv("ABLATE_FAULT", "nan-loss:5")
+    out = tmp_path / "run"
+    with pytest.raises(TrainError, match=r"non-finite loss \(nan\) at step 5.*last good checkpoint: .*step-00000004") as e:
+        run_training("table3-llama3", "tiny", out=out, data=tiny_data, steps=8, settings=dict(SMALL, ckpt_every=2), quiet=True)
+    assert "\n" not in str(e.value)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and "step 5" in info["error"] and info["step"] == 4
+    assert max(losses(out)) == 4  # the NaN step was never applied nor logged
+    monkeypatch.delenv("ABLATE_FAULT")
+    r = run_training("table3-llama3", "tiny", out=out, data=tiny_data, steps=8, settings=dict(SMALL, ckpt_every=2), resume=True, quiet=True)
+    assert r.status == "complete" and sorted(losses(out)) == list(range(1, 9))
+
+
+def test_train_cli_error_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+
+    r = CliRunner().invoke(app, ["train", "table3-llama3", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and r.output.startswith("error: data dir") and len(r.output.strip().splitlines()) == 1
