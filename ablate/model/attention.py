@@ -9,6 +9,7 @@ from torch import nn
 from ablate.config import AblateConfig, LayerPlan
 from ablate.kernels import attention
 from ablate.model.context import ForwardContext
+from ablate.model.decode import decode_attention
 from ablate.model.layers import apply_rope
 
 
@@ -28,7 +29,9 @@ def attend(q, k, v, plan: LayerPlan, ctx: ForwardContext, num_heads: int, num_kv
         ctx.shared_kv[plan.index] = (k, v, k_pos, k_valid)
     else:
         k, v, k_pos, k_valid = ctx.shared_kv[plan.kv_source]
-    out = attention(q, k, v, ctx.mask(plan.window, k_pos, k_valid))
+    spec = ctx.mask(plan.window, k_pos, k_valid)
+    # one query per sequence over a cache: a decode step, memory-bound GQA matmuls (ablate.model.decode)
+    out = decode_attention(q, k, v, spec) if l == 1 and ctx.cache is not None else attention(q, k, v, spec)
     return out.transpose(1, 2).reshape(b, l, num_heads * v_head_dim)
 
 

@@ -54,7 +54,9 @@ class ForwardContext:
         keys (so a backend builds its mask once per forward)."""
         key = (window, k_positions.data_ptr(), tuple(k_positions.shape), None if k_valid is None else k_valid.data_ptr())
         if key not in self._masks:
-            aligned = self.cache is None and k_positions is self.positions
+            # keys are exactly the queries (no cache, or a cache's first chunk, which hands back the
+            # query positions themselves)
+            aligned = k_positions is self.positions
             seq = self.seq_idx if aligned else None
             self._masks[key] = MaskSpec(self.positions, k_positions, window, self.num_meta, k_valid, aligned, seq, seq)
         return self._masks[key]

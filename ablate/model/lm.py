@@ -10,6 +10,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ablate.config import AblateConfig, layer_plans
 from ablate.model.blocks import BLOCKS
+from ablate.model.cache import AblateCache, needs_rowwise_prefill, rowwise_prefill
 from ablate.model.context import ForwardContext
 from ablate.model.layers import RMSNorm
 from ablate.model.ssm import Mamba2Mixer, MambaHeads
@@ -81,6 +82,9 @@ class AblateModel(AblatePreTrainedModel):
         token_valid = attention_mask.bool() if attention_mask is not None else None
         if token_valid is not None:
             token_valid = token_valid[:, -l:]
+            if cache is not None and needs_rowwise_prefill(self.config, cache, token_valid):
+                h = rowwise_prefill(self, inputs_embeds, token_valid, cache)
+                return BaseModelOutputWithPast(last_hidden_state=h, past_key_values=cache)
         if m and seen == 0:
             # meta tokens lead every sequence: learned, always visible, never padding
             meta = self.meta_tokens.to(inputs_embeds.dtype).unsqueeze(0).expand(b, -1, -1)
@@ -97,7 +101,10 @@ class AblateModel(AblatePreTrainedModel):
                 raise ValueError("seq_idx (packed documents) is for training forwards, not with a cache")
             # meta tokens belong to the first document, so they initialise its SSM state
             seq_idx = torch.cat([seq_idx[:, :1].expand(-1, prefix), seq_idx], dim=1)
-        positions = torch.arange(seen, seen + inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
+        if cache is not None:  # from the cache's device counter: a decode step has no Python-side position
+            positions = cache.positions(inputs_embeds.shape[1], token_valid)
+        else:
+            positions = torch.arange(seen, seen + inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
         ctx = ForwardContext(
             positions=positions,
             num_meta=m,
@@ -115,13 +122,21 @@ class AblateModel(AblatePreTrainedModel):
             else:
                 h = layer(h, ctx)
         if cache is not None:
-            cache.advance(inputs_embeds.shape[1])
+            cache.advance(inputs_embeds.shape[1], token_valid)
         h = self.norm(h[:, prefix:])
         return BaseModelOutputWithPast(last_hidden_state=h, past_key_values=cache)
 
 
 class AblateForCausalLM(AblatePreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _is_stateful = True  # SSM state and ring buffers cannot be rolled back: no assisted decoding
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length):
+        """generate(): our own cache, allocated for exactly the tokens it will process (prompt +
+        new tokens - 1) and seeded with the meta tokens."""
+        if model_kwargs.get("past_key_values") is not None or generation_config.use_cache is False:
+            return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size, max_cache_length)
+        model_kwargs["past_key_values"] = AblateCache.for_model(self, batch_size, max_cache_length)
 
     def __init__(self, config: AblateConfig):
         super().__init__(config)

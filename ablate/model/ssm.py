@@ -16,6 +16,7 @@ from torch import nn
 from ablate.config import AblateConfig
 from ablate.kernels import causal_conv1d, selective_scan, ssd_scan
 from ablate.model.context import ForwardContext
+from ablate.model.decode import conv_step, selective_state_update, ssd_state_update
 from ablate.model.layers import RMSNorm
 
 
@@ -24,6 +25,14 @@ def _mask_padding(x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
     if ctx.token_valid is None:
         return x
     return x * ctx.token_valid.unsqueeze(-1).to(x.dtype)
+
+
+def _cached_state(ctx: ForwardContext, layer: int, step: bool):
+    """(conv state, recurrent state): the cache's buffers for an in-place decode step, the state to
+    continue from for a chunk, (None, None) without a cache."""
+    if ctx.cache is None:
+        return None, None
+    return ctx.cache.ssm_buffers(layer) if step else ctx.cache.ssm_state(layer)
 
 
 def _inverse_softplus_dt(n: int, config: AblateConfig) -> torch.Tensor:
@@ -67,14 +76,22 @@ class MambaHeads(nn.Module):
             self.conv_bias.zero_()
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        state = ctx.cache.ssm_state(self.layer) if ctx.cache is not None else (None, None)
+        step = ctx.cache is not None and x.shape[1] == 1  # a decode step: update the cached state in place
+        state = _cached_state(ctx, self.layer, step)
         x = _mask_padding(x, ctx).transpose(1, 2)  # (b, inner, l)
-        x, conv_state = causal_conv1d(x, self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
+        if step:
+            x = conv_step(x[..., 0], state[0], self.conv_weight, self.conv_bias).unsqueeze(-1)
+        else:
+            x, conv_state = causal_conv1d(x, self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
         x = _mask_padding(x.transpose(1, 2), ctx)  # (b, l, inner)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.state_size, self.state_size], dim=-1)
         if self.dt_bc_norm:
             dt, B, C = self.dt_norm(dt), self.B_norm(B), self.C_norm(C)
         dt = F.linear(dt, self.dt_proj.weight)  # the bias is added inside the scan, in fp32
+        if step:
+            A = -torch.exp(self.A_log.float())
+            y = selective_state_update(state[1], x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D, z[:, 0], self.dt_proj.bias)
+            return y.unsqueeze(1)
         y, ssm_state = selective_scan(
             x.transpose(1, 2),
             dt.transpose(1, 2),
@@ -156,12 +173,28 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         b, l, _ = hidden.shape
-        state = ctx.cache.ssm_state(self.layer) if ctx.cache is not None else (None, None)
+        step = ctx.cache is not None and l == 1  # a decode step: update the cached state in place
+        state = _cached_state(ctx, self.layer, step)
         z, xbc, dt = torch.split(self.in_proj(_mask_padding(hidden, ctx)), [self.inner, self.conv_dim, self.num_heads], dim=-1)
-        xbc, conv_state = causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
-        xbc = _mask_padding(xbc.transpose(1, 2), ctx)
+        if step:
+            xbc = conv_step(xbc[:, 0], state[0], self.conv_weight, self.conv_bias).unsqueeze(1)
+        else:
+            xbc, conv_state = causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
+            xbc = xbc.transpose(1, 2)
+        xbc = _mask_padding(xbc, ctx)
         x, B, C = torch.split(xbc, [self.inner, self.groups * self.state_size, self.groups * self.state_size], dim=-1)
         dt = F.softplus(dt.float() + self.dt_bias.float())
+        if step:
+            y = ssd_state_update(
+                state[1],
+                x.reshape(b, self.num_heads, self.head_dim),
+                dt[:, 0],
+                -torch.exp(self.A_log.float()),
+                B.reshape(b, self.groups, self.state_size),
+                C.reshape(b, self.groups, self.state_size),
+                self.D,
+            )
+            return self.out_proj(self.norm(y.reshape(b, 1, self.inner), z))
         y, ssm_state = ssd_scan(
             x.reshape(b, l, self.num_heads, self.head_dim),
             dt,

@@ -1,0 +1,107 @@
+"""One-token decode steps: attention over a cache, the conv-state roll, the SSM recurrent updates.
+
+Each is the single-step case of a reference op in ``ablate.kernels`` (attention_ref,
+causal_conv1d_ref, selective_scan_ref, ssd_scan_sequential_ref) written for decode: states are
+updated in place (so a CUDA graph can replay the step over fixed buffers), no Python depends on
+tensor values, and the work is a few memory-bound passes. tests/test_cache.py holds each against its
+reference. A fused kernel may replace any of them later behind the same contract.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ablate.kernels import MaskSpec
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, scale: float | None = None) -> torch.Tensor:
+    """q: (b, hq, 1, d); k: (b, hkv, lk, d); v: (b, hkv, lk, dv). GQA without repeating K/V: the
+    query heads of one group read their KV head once (a batched matmul over the cache). Scores and
+    softmax in fp32. Returns (b, hq, 1, dv)."""
+    b, hq, lq, d = q.shape
+    if lq != 1:
+        raise ValueError(f"decode_attention takes one query per sequence, got {lq}")
+    hkv = k.shape[1]
+    group = hq // hkv
+    scale = scale if scale is not None else 1.0 / math.sqrt(d)
+    qg = q.reshape(b, hkv, group * lq, d)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # (b, hkv, group, lk)
+    allowed = spec.dense()  # (lq, lk) or (b, 1, lq, lk)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = scores.softmax(dim=-1).to(v.dtype)
+    return torch.matmul(probs, v).reshape(b, hq, lq, v.shape[-1])
+
+
+def conv_step(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = "silu") -> torch.Tensor:
+    """One step of the causal depthwise conv. x: (b, c) the new input; state: (b, c, k-1) the previous
+    k-1 inputs, rolled in place to end with x. Returns (b, c)."""
+    window = torch.cat([state.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # (b, c, k)
+    y = (window * weight.to(x.dtype)).sum(-1)
+    if bias is not None:
+        y = y + bias.to(x.dtype)
+    if activation == "silu":
+        y = F.silu(y)
+    elif activation is not None:
+        raise ValueError(f"unsupported conv activation {activation!r}")
+    state.copy_(window[..., 1:])
+    return y
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+) -> torch.Tensor:
+    """One step of Mamba's selective scan. state: (b, d, n), updated in place (math in fp32 whatever
+    its dtype); u, delta, z: (b, d); A: (d, n); B, C: (b, n); D, delta_bias: (d,). Returns y (b, d)
+    in u's dtype."""
+    dtype = u.dtype
+    u32, delta = u.float(), delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    h = state.float() * torch.exp(delta.unsqueeze(-1) * A.float()) + (delta * u32).unsqueeze(-1) * B.float().unsqueeze(1)
+    state.copy_(h)
+    y = (h * C.float().unsqueeze(1)).sum(-1)
+    if D is not None:
+        y = y + u32 * D.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype)
+
+
+def ssd_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One step of Mamba2's SSD recurrence. state: (b, h, p, n), updated in place (math in fp32);
+    x: (b, h, p); dt: (b, h) (bias added, softplus applied); A: (h,); B, C: (b, g, n); D: (h,).
+    Returns y (b, h, p) in x's dtype."""
+    dtype = x.dtype
+    heads = x.shape[1]
+    x32, dt = x.float(), dt.float()
+    B = B.float().repeat_interleave(heads // B.shape[1], dim=1)  # (b, h, n)
+    C = C.float().repeat_interleave(heads // C.shape[1], dim=1)
+    decay = torch.exp(dt * A.float())[:, :, None, None]
+    h = state.float() * decay + (dt.unsqueeze(-1) * x32).unsqueeze(-1) * B.unsqueeze(2)
+    state.copy_(h)
+    y = (h * C.unsqueeze(2)).sum(-1)
+    if D is not None:
+        y = y + x32 * D.float()[:, None]
+    return y.to(dtype)

@@ -1,0 +1,67 @@
+"""Greedy decoding over a preallocated cache with fixed shapes, replayed from a CUDA graph on GPU.
+
+One decode step (embed the current tokens, every layer over the whole static cache, LM head, argmax
+into the token buffer) always touches the same buffers with the same shapes, so on CUDA it is
+captured once and replayed: no Python and no kernel launches per token, leaving the step bound by
+the bytes it reads. On CPU (tests) the same step runs eagerly.
+
+Capturing runs the step a few times on the cache it is given (warm-up, then capture), which moves
+the cache's state: capture on a freshly allocated cache, then ``cache.reset(seed)`` (in place, so the
+graph's buffer addresses stay valid), then prefill, then ``start`` and ``step``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ablate.model.cache import AblateCache
+
+
+class StaticGreedyDecoder:
+    def __init__(self, model, cache: AblateCache, use_graph: bool | None = None, warmup: int = 2):
+        self.model, self.cache = model, cache
+        cache.static_decode = True
+        self.tokens = torch.zeros(cache.batch, 1, dtype=torch.long, device=cache.device)
+        self.logits: torch.Tensor | None = None
+        self.graph = None
+        if use_graph is None:
+            use_graph = cache.device.type == "cuda"
+        if use_graph:
+            self._capture(max(warmup, 1))
+
+    @torch.no_grad()
+    def _body(self) -> torch.Tensor:
+        logits = self.model(input_ids=self.tokens, past_key_values=self.cache, logits_to_keep=1).logits[:, -1]
+        self.tokens.copy_(logits.argmax(-1, keepdim=True))
+        return logits
+
+    def _capture(self, warmup: int) -> None:
+        if self.cache.seen_tokens == 0 and self.cache.num_meta:
+            raise ValueError("capture needs a seeded cache (the meta tokens already in it)")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graphs asks
+            for _ in range(warmup):
+                self._body()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self._body()
+        self.graph = graph
+
+    def start(self, tokens: torch.Tensor) -> None:
+        """The tokens (b, 1) the next step feeds (after prefill: the prompt's greedy next tokens)."""
+        self.tokens.copy_(tokens)
+
+    def step(self) -> torch.Tensor:
+        """One greedy step: feeds ``tokens``, returns the logits (b, vocab) and leaves the argmax in
+        ``tokens``. With a graph the returned tensor is overwritten by the next step."""
+        if self.graph is None:
+            return self._body()
+        if self.cache.per_row:
+            raise ValueError("the captured step assumes every row at the same position (no padding)")
+        self.graph.replay()
+        # the device side of cache.advance(1) ran inside the graph; mirror it on the Python side
+        self.cache.seen_tokens += 1
+        self.cache._step += 1
+        return self.logits

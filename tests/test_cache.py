@@ -1,0 +1,222 @@
+"""The inference cache: token-by-token decode gives the logits of one full forward for every variant
+(sliding windows beyond the window, KV sharing, meta tokens, SSM state), its bytes equal the analytic
+count, and the decode-step functions match their reference ops."""
+
+import pytest
+import torch
+
+from ablate.bench.accounting import cache_bytes
+from ablate.kernels import MaskSpec, attention_ref, causal_conv1d_ref, selective_scan_ref, ssd_scan_sequential_ref
+from ablate.model.cache import AblateCache, meta_seed
+from ablate.model.decode import conv_step, decode_attention, selective_state_update, ssd_state_update
+from ablate.model.static_decode import StaticGreedyDecoder
+from ablate.registry import build_model, resolve, variant_names
+
+VARIANTS = variant_names()
+PROMPT, NEW = 13, 6  # the prompt is longer than the tiny window (8): ring buffers wrap before decoding
+TOL = 1e-4
+
+
+def _model(name):
+    return build_model(name, "tiny").eval()
+
+
+@torch.no_grad()
+def _decode(model, ids, prefill_chunks, cache=None):
+    """Prefill ``ids[:, :sum(prefill_chunks)]`` in chunks, then feed the rest one token at a time."""
+    cache = cache or AblateCache.for_model(model, ids.shape[0], ids.shape[1])
+    out, start = [], 0
+    for n in prefill_chunks:
+        out.append(model(ids[:, start : start + n], past_key_values=cache).logits)
+        start += n
+    for t in range(start, ids.shape[1]):
+        out.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
+    return torch.cat(out, 1), cache
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_decode_matches_full_forward_and_analytic_bytes(name):
+    model = _model(name)
+    config = model.config
+    ids = torch.randint(0, config.vocab_size, (2, PROMPT + NEW))
+    with torch.no_grad():
+        full = model(ids).logits
+    stepwise, cache = _decode(model, ids, [PROMPT])
+    torch.testing.assert_close(stepwise, full, atol=TOL, rtol=TOL)
+    assert cache.seen_tokens == config.num_meta_tokens + PROMPT + NEW
+    assert cache.nbytes() == 2 * cache_bytes(config, PROMPT + NEW, bytes_per_value=4).total
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_chunked_prefill_matches_full_forward(name):
+    model = _model(name)
+    ids = torch.randint(0, model.config.vocab_size, (2, PROMPT + NEW))
+    with torch.no_grad():
+        full = model(ids).logits
+    # chunks shorter and longer than the window, and a one-token chunk between them
+    chunked, _ = _decode(model, ids, [5, 1, 9, 2])
+    torch.testing.assert_close(chunked, full, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_static_decoder_matches_plain_decode(name):
+    """The graph-ready path (whole static buffers, in-place state, device positions) run eagerly."""
+    model = _model(name)
+    ids = torch.randint(0, model.config.vocab_size, (3, PROMPT))
+    with torch.no_grad():
+        cache = AblateCache.for_model(model, 3, PROMPT + NEW)
+        first = model(ids, past_key_values=cache).logits[:, -1].argmax(-1, keepdim=True)
+        decoder = StaticGreedyDecoder(model, cache, use_graph=False)
+        decoder.start(first)
+        tokens, static_logits = [first], []
+        for _ in range(NEW):
+            static_logits.append(decoder.step().clone())
+            tokens.append(decoder.tokens.clone())
+        generated = torch.cat(tokens[:-1], 1)  # the tokens the steps fed
+        plain, _ = _decode(model, torch.cat([ids, generated], 1), [PROMPT])
+    torch.testing.assert_close(torch.stack(static_logits, 1), plain[:, PROMPT:], atol=TOL, rtol=TOL)
+    assert torch.equal(torch.cat(tokens[1:], 1), plain[:, PROMPT:].argmax(-1))
+
+
+def test_sliding_window_layers_hold_only_window_plus_meta():
+    model = _model("table1-13-meta-tokens")
+    c = model.config
+    cache = AblateCache.for_model(model, 1, 50)
+    sizes = {plan_window: table.size for plan_window, table in cache.tables.items()}
+    assert sizes == {None: c.num_meta_tokens + 50, c.sliding_window: c.num_meta_tokens + c.sliding_window}
+    # KV-sharing consumers hold nothing: one store per producer
+    assert sorted(cache.kv) == sorted(i for i, s in enumerate(c.kv_source) if s == i)
+    ids = torch.randint(0, c.vocab_size, (1, 20))
+    _decode(model, ids, [20], cache)
+    ring = cache.tables[c.sliding_window]
+    m = c.num_meta_tokens
+    held = sorted(ring.pos[0, m:].tolist())
+    assert held == list(range(m + 20 - c.sliding_window, m + 20)), "the ring holds the last window positions"
+    assert ring.pos[0, :m].tolist() == list(range(m))
+
+
+def test_meta_seed_is_computed_once_and_follows_the_weights():
+    model = _model("table1-13-meta-tokens")
+    first = meta_seed(model, torch.float32, "cpu")
+    assert meta_seed(model, torch.float32, "cpu") is first
+    producer = next(iter(first.kv))
+    before = first.kv[producer].k.clone()
+    with torch.no_grad():
+        model.model.meta_tokens.mul_(1.5)  # an in-place update, as an optimizer step does
+    second = meta_seed(model, torch.float32, "cpu")
+    assert second is not first
+    assert not torch.allclose(second.kv[producer].k, before)
+
+
+def test_seeded_cache_equals_running_the_meta_tokens():
+    model = _model("table3-hymba")
+    ids = torch.randint(0, model.config.vocab_size, (2, 11))
+    seeded, _ = _decode(model, ids, [7])
+    unseeded_cache = AblateCache.for_model(model, 2, 11, seed_meta=False)
+    assert unseeded_cache.seen_tokens == 0
+    unseeded, _ = _decode(model, ids, [7], unseeded_cache)
+    torch.testing.assert_close(seeded, unseeded, atol=TOL, rtol=TOL)
+
+
+def test_full_cache_refuses_more_tokens_than_allocated():
+    model = _model("table3-llama3")
+    cache = AblateCache.for_model(model, 1, 4)
+    with torch.no_grad():
+        model(torch.randint(0, 256, (1, 4)), past_key_values=cache)
+        with pytest.raises(ValueError, match="allocate a larger cache"):
+            model(torch.randint(0, 256, (1, 1)), past_key_values=cache)
+
+
+def test_row_views_prefill_like_the_whole_batch():
+    model = _model("table1-13-meta-tokens")
+    ids = torch.randint(0, model.config.vocab_size, (4, 12))
+    whole, whole_cache = _decode(model, ids, [10])
+    cache = AblateCache.for_model(model, 4, 12)
+    with torch.no_grad():
+        for start in (0, 3):
+            view = cache.rows(start, min(start + 3, 4))
+            model(ids[start : start + 3, :10], past_key_values=view)
+        cache.adopt(view)
+        rest = [model(ids[:, t : t + 1], past_key_values=cache).logits for t in (10, 11)]
+    torch.testing.assert_close(torch.cat(rest, 1), whole[:, 10:], atol=TOL, rtol=TOL)
+
+
+def test_fill_rows_from_copies_prefilled_rows():
+    model = _model("table3-samba")
+    cache = AblateCache.for_model(model, 5, 8)
+    with torch.no_grad():
+        view = cache.rows(0, 2)
+        model(torch.randint(0, 256, (2, 6)), past_key_values=view)
+    cache.adopt(view)
+    cache.fill_rows_from(2)
+    for tensor in cache._batch_tensors():
+        assert torch.equal(tensor[2], tensor[0]) and torch.equal(tensor[3], tensor[1]) and torch.equal(tensor[4], tensor[0])
+
+
+def test_reset_keeps_buffer_addresses_and_restarts_from_the_seed():
+    model = _model("table1-13-meta-tokens")
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    cache = AblateCache.for_model(model, 2, 9)
+    first, _ = _decode(model, ids, [9], cache)
+    pointers = [t.data_ptr() for t in cache._batch_tensors()]
+    cache.reset(meta_seed(model, torch.float32, "cpu"))
+    assert [t.data_ptr() for t in cache._batch_tensors()] == pointers
+    again, _ = _decode(model, ids, [9], cache)
+    torch.testing.assert_close(again, first)
+
+
+# ---- decode steps against their reference ops ---------------------------------------------------
+def test_conv_step_matches_causal_conv1d_ref():
+    b, c, k, l = 2, 6, 4, 7
+    x, w, bias = torch.randn(b, c, l), torch.randn(c, k), torch.randn(c)
+    ref, ref_state = causal_conv1d_ref(x, w, bias, "silu")
+    state = torch.zeros(b, c, k - 1)
+    steps = torch.stack([conv_step(x[:, :, t], state, w, bias) for t in range(l)], -1)
+    torch.testing.assert_close(steps, ref)
+    torch.testing.assert_close(state, ref_state)
+
+
+def test_selective_state_update_matches_selective_scan_ref():
+    b, d, n, l = 2, 5, 4, 6
+    u, delta, z = torch.randn(b, d, l), torch.randn(b, d, l), torch.randn(b, d, l)
+    A, B, C = -torch.rand(d, n), torch.randn(b, n, l), torch.randn(b, n, l)
+    D, bias = torch.randn(d), torch.randn(d)
+    h0 = torch.randn(b, d, n)
+    ref, ref_state = selective_scan_ref(u, delta, A, B, C, D, z, bias, True, h0)
+    state = h0.clone()
+    ys = [selective_state_update(state, u[..., t], delta[..., t], A, B[..., t], C[..., t], D, z[..., t], bias) for t in range(l)]
+    torch.testing.assert_close(torch.stack(ys, -1), ref)
+    torch.testing.assert_close(state, ref_state)
+
+
+def test_ssd_state_update_matches_sequential_ref():
+    b, l, h, p, g, n = 2, 5, 4, 3, 2, 6
+    x, dt = torch.randn(b, l, h, p), torch.rand(b, l, h)
+    A, B, C, D = -torch.rand(h), torch.randn(b, l, g, n), torch.randn(b, l, g, n), torch.randn(h)
+    h0 = torch.randn(b, h, p, n)
+    ref, ref_state = ssd_scan_sequential_ref(x, dt, A, B, C, D, h0)
+    state = h0.clone()
+    ys = [ssd_state_update(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], D) for t in range(l)]
+    torch.testing.assert_close(torch.stack(ys, 1), ref)
+    torch.testing.assert_close(state, ref_state)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_attention_matches_reference_over_a_ring(padded):
+    """GQA, a window, meta tokens, slots out of order and (optionally) invalid slots."""
+    b, hq, hkv, d, dv, m, window = 3, 6, 2, 8, 4, 2, 5
+    k_pos = torch.tensor([[0, 1, 12, 13, 9, 10, 11]])  # meta slots, then a ring that has wrapped
+    q_pos = torch.tensor([[13]])
+    valid = torch.ones(b, 7, dtype=torch.bool)
+    if padded:
+        valid[1, 4:6] = False
+    q, k, v = torch.randn(b, hq, 1, d), torch.randn(b, hkv, 7, d), torch.randn(b, hkv, 7, dv)
+    spec = MaskSpec(q_pos, k_pos, window, m, valid if padded else None)
+    torch.testing.assert_close(decode_attention(q, k, v, spec), attention_ref(q, k, v, spec))
+
+
+def test_ssm_state_can_be_kept_wider_than_the_cache_dtype():
+    config = resolve("table1-01-mamba", "tiny").config
+    cache = AblateCache(config, 2, 8, torch.bfloat16, "cpu", ssm_state_dtype=torch.float32)
+    assert all(t.dtype == torch.float32 for t in cache.ssm.values())
+    assert cache.nbytes() > 2 * cache_bytes(config, 8, 2).total  # the analytic count assumes one dtype
