@@ -76,6 +76,7 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     t0 = time.time()
+    progress = None
     try:
         # 1. the tokenizer: trained on a sample of the same mix (by characters), or loaded
         if tok_kind == "bpe":
@@ -97,7 +98,10 @@ def prepare(
         streams = [_encoded(s, tok, eos, seed) for s in sources]
         total = 0
         _log(f"tokenizing {source} with {tokenizer} ({n_vocab} tokens, EOS {tok.eos_token!r})", quiet)
+        progress = _progress(quiet, max_tokens)
         for doc_index, (i, (ids, origin)) in enumerate(mix(streams, [s.weight for s in sources], lambda item: len(item[0]))):
+            if progress is not None and doc_index % 64 == 0:
+                progress[0].update(progress[1], completed=total)
             to_val = doc_index > 0 and writers["val"].tokens < min(val_fraction * total, max_val_tokens)
             writers["val" if to_val else "train"].add(ids)
             per_source[i]["documents"] += 1
@@ -107,6 +111,8 @@ def prepare(
             total += len(ids)
             if max_tokens is not None and total >= max_tokens:
                 break
+        if progress is not None:
+            progress[0].stop()
         for w in writers.values():
             w.close()
         if writers["train"].tokens == 0:
@@ -151,6 +157,8 @@ def prepare(
         os.replace(tmp, out)
         _fsync_dir(out.parent)
     except BaseException:
+        if progress is not None:
+            progress[0].stop()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _log(
@@ -159,6 +167,20 @@ def prepare(
         quiet,
     )
     return manifest
+
+
+def _progress(quiet: bool, total: int | None):
+    """A rich progress bar of tokens written (on a terminal only)."""
+    from ablate.console import console
+
+    if quiet or not console.is_terminal:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    p = Progress(TextColumn("tokenizing"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"), TimeElapsedColumn(), console=console, transient=True)
+    task = p.add_task("tokenize", total=total)
+    p.start()
+    return p, task
 
 
 def _sample_texts(sources: list[Source], seed: int, max_chars: int) -> Iterator[str]:

@@ -101,7 +101,9 @@ def use_fsdp(s: TrainSettings, d: Dist) -> bool:
 
 
 def use_compile(s: TrainSettings, d: Dist) -> bool:
-    return s.compile == "on" or (s.compile == "auto" and d.device.type == "cuda")
+    """auto: on a GPU without FSDP. Under FSDP compile goes per block, and today's blocks recompile
+    per layer (each layer's index and window are constants of its graph), so auto leaves it off."""
+    return s.compile == "on" or (s.compile == "auto" and d.device.type == "cuda" and not use_fsdp(s, d))
 
 
 def parallelize(model: torch.nn.Module, s: TrainSettings, d: Dist) -> torch.nn.Module:
@@ -110,10 +112,14 @@ def parallelize(model: torch.nn.Module, s: TrainSettings, d: Dist) -> torch.nn.M
         # recompute each block in the backward pass (the model's own hook keeps parameter names)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if use_compile(s, d):
-        # per block: identical blocks share one compiled graph, compile stays short, and Module.compile
-        # keeps state-dict keys unchanged (checkpoints load with or without compile)
-        for layer in model.model.layers:
-            layer.compile()
+        # Module.compile keeps state-dict keys unchanged (checkpoints load with or without compile).
+        # Unsharded: the whole model, one frame (per-layer constants are baked in, no recompiles).
+        # FSDP2: per block, as torchtitan does, so FSDP's hooks stay outside the compiled graphs.
+        if use_fsdp(s, d):
+            for layer in model.model.layers:
+                layer.compile()
+        else:
+            model.compile()
     if use_fsdp(s, d):
         from torch.distributed.fsdp import fully_shard
 

@@ -47,6 +47,8 @@ class TrainSettings:
     ckpt_every: int = 20  # 0: only at the end
     keep_checkpoints: int = 2
     export_every: int = 0  # also export model/ every N steps (0: at the end only)
+    save_checkpoints: bool = True  # False: no checkpoints at all (throughput measurements)
+    export_model: bool = True  # False: no model/ at the end (throughput measurements)
     extra: dict = field(default_factory=dict)
 
     IDENTITY = (

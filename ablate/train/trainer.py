@@ -284,7 +284,7 @@ class _Trainer:
     def evaluate(self) -> float | None:
         """Mean token loss over the first ``val_windows`` windows of the validation split, the same
         windows at every world size (ranks take every world-th window; padding windows count zero)."""
-        if self.val_windows is None:
+        if self.val_windows is None or self.s.val_windows <= 0:
             return None
         n = min(self.s.val_windows, self.val_windows.num_windows)
         per_rank = math.ceil(n / self.d.world)
@@ -431,14 +431,17 @@ class _Trainer:
                 if self.val_loss is not None:
                     self.metrics.log({"step": self.step, "tokens": self.tokens, "val_loss": self.val_loss})
                     self.reporter.print(f"step {self.step}  val_loss {self.val_loss:.4f}")
-            if (s.ckpt_every and self.step % s.ckpt_every == 0) or last:
+            if s.save_checkpoints and ((s.ckpt_every and self.step % s.ckpt_every == 0) or last):
                 self.save_checkpoint()
-            if s.export_every and self.step % s.export_every == 0 and not last:
+            if s.export_model and s.export_every and self.step % s.export_every == 0 and not last:
                 self.export()
 
-        self.export()
+        if s.export_model:
+            self.export()
         tps = steady.rate(reset=False) or meter.rate(reset=False)
         result = {"loss": self.last_loss, "val_loss": self.val_loss, "val_loss_initial": self.val_loss_initial, "tokens_per_s": tps}
+        if d.device.type == "cuda":
+            result["peak_memory_gb"] = torch.cuda.max_memory_allocated(d.device) / 1e9
         if d.is_main:
             self.run.update_info(status="complete", step=self.step, tokens=self.tokens, result=result, finished=provenance()["date"])
         self.reporter.close()
