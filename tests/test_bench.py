@@ -1,0 +1,144 @@
+"""The throughput / cache benchmark on CPU at tiny scale: the record it writes, batch halving on
+out-of-memory, the prefill budget, run directories, the paper suite, and the transformers anchors."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ablate.bench import paper_suite
+from ablate.bench.anchors import anchor_family, build_anchor, hf_llama_config, hf_mamba2_config
+from ablate.bench.throughput import BenchOOM, Protocol, bench_ablate, with_batch_halving
+from ablate.cli import app
+from ablate.model.hf_import import from_transformers
+from ablate.registry import build_model, resolve
+
+SCHEMA = {"variant", "scale", "protocol", "prefill_tokens_per_s", "decode_tokens_per_s", "decode_bound_tokens_per_s",
+          "peak_memory_gb", "cache_mb_measured", "cache_mb_analytic", "config_hash", "provenance"}
+PROTOCOL_KEYS = {"prompt_len", "gen_tokens", "batch_requested", "batch", "dtype", "device"}
+runner = CliRunner()
+
+
+def _tiny_protocol(**kwargs):
+    base = dict(prompt_len=12, gen_tokens=3, batch=3, dtype="fp32", device="cpu", prefill_rows=2)
+    return Protocol(**{**base, **kwargs})
+
+
+def test_bench_measures_and_cache_bytes_agree():
+    model = build_model("table1-13-meta-tokens", "tiny").eval()
+    result = bench_ablate(model, _tiny_protocol())
+    assert result["protocol"]["batch"] == 3 and result["prefilled_rows"] == 3
+    assert result["cache_exact"] and result["cache_mb_measured"] == result["cache_mb_analytic"]
+    assert result["cache_tokens"] == 12 + 2 + 3  # prompt + warm-up + timed steps
+    assert result["prefill_tokens_per_s"] > 0 and result["decode_tokens_per_s"] > 0
+    bound = result["decode_bound_tokens_per_s"]
+    assert bound == pytest.approx(3 / ((result["weight_bytes"] + result["cache_bytes"]) / 3.0e12))
+    assert result["decode_bound_fraction"] == pytest.approx(result["decode_tokens_per_s"] / bound)
+
+
+def test_batch_halves_on_out_of_memory_until_it_fits():
+    def run(batch):
+        if batch > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"batch": batch}
+
+    assert with_batch_halving(run, 16) == ({"batch": 2}, [16, 8, 4])
+    with pytest.raises(BenchOOM):
+        with_batch_halving(lambda b: (_ for _ in ()).throw(torch.OutOfMemoryError("out of memory")), 4)
+    with pytest.raises(ValueError, match="not an OOM"):  # other errors are not retried
+        with_batch_halving(lambda b: (_ for _ in ()).throw(ValueError("not an OOM")), 4)
+
+
+def test_prefill_budget_copies_prefilled_rows():
+    model = build_model("table3-samba", "tiny").eval()
+    result = bench_ablate(model, _tiny_protocol(batch=4, prefill_rows=1, prefill_budget_s=0.0))
+    assert result["prefilled_rows"] == 1  # one chunk ran, then the (zero) budget stopped it
+    assert result["protocol"]["batch"] == 4 and result["decode_tokens_per_s"] > 0
+
+
+def test_bench_cli_on_a_run_directory_writes_bench_json(tmp_path):
+    model = build_model("table3-llama3", "tiny")
+    run = tmp_path / "run"
+    model.save_pretrained(run / "model")
+    (run / "run.json").write_text(json.dumps({"variant": "table3-llama3", "scale": "tiny", "config_hash": "abc123"}))
+    result = runner.invoke(app, ["bench", str(run), "--seq-len", "10", "--batch", "2", "--gen-tokens", "2", "--dtype", "fp32", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((run / "bench.json").read_text())
+    assert SCHEMA <= set(record) and PROTOCOL_KEYS <= set(record["protocol"])
+    assert record["variant"] == "table3-llama3" and record["config_hash"] == "abc123"
+    assert record["protocol"]["prompt_len"] == 10 and record["cache_exact"]
+
+
+def test_bench_cli_bare_variant_prints_or_writes(tmp_path):
+    args = ["bench", "table1-01-mamba", "--scale", "tiny", "--seq-len", "8", "--batch", "2", "--gen-tokens", "2", "--dtype", "fp32", "--device", "cpu"]
+    printed = runner.invoke(app, args)
+    assert printed.exit_code == 0, printed.output
+    assert "table1-01-mamba" in printed.output and not list(tmp_path.iterdir())
+    written = runner.invoke(app, args + ["--out", str(tmp_path / "b")])
+    assert written.exit_code == 0, written.output
+    assert json.loads((tmp_path / "b" / "bench.json").read_text())["variant"] == "table1-01-mamba"
+
+
+def test_bench_cli_rejects_unknown_variant_in_one_line():
+    result = runner.invoke(app, ["bench", "table1-99-nope", "--scale", "tiny", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "unknown variant" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_paper_suite_runs_entries_and_records_a_failure(tmp_path, monkeypatch):
+    real = paper_suite.run_entry
+
+    def flaky(entry, scale, protocol, say):
+        if entry == "table1-06-llama":
+            raise RuntimeError("kernel exploded")
+        return real(entry, scale, protocol, say)
+
+    monkeypatch.setattr(paper_suite, "run_entry", flaky)
+    out = tmp_path / "suite"
+    args = ["--out", str(out), "--scale", "tiny", "--device", "cpu", "--dtype", "fp32", "--seq-len", "10", "--batch", "2",
+            "--gen-tokens", "2", "--only", "table1-13-meta-tokens", "--only", "table1-06-llama", "--only", "anchor:table3-llama3"]
+    import typer
+
+    cli = typer.Typer()
+    cli.command()(paper_suite.main)
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    ok = json.loads((out / "table1-13-meta-tokens.json").read_text())
+    assert ok["cache_exact"] and "provenance" in ok
+    assert json.loads((out / "table1-06-llama.json").read_text())["error"] == "RuntimeError: kernel exploded"
+    assert "kernel exploded" in (out / "table1-06-llama.error.txt").read_text()
+    anchor = json.loads((out / "anchor-table3-llama3.json").read_text())
+    assert anchor["kind"] == "transformers" and anchor["anchor_class"] == "LlamaForCausalLM" and anchor["decode_tokens_per_s"] > 0
+    md = (out / "bench.md").read_text()
+    assert "table1-13-meta-tokens" in md and "kernel exploded" in md and "Command:" in md
+    assert len((out / "bench.csv").read_text().strip().splitlines()) == 4
+
+
+def test_suite_order_puts_the_ratio_pair_first():
+    entries = paper_suite.suite_entries()
+    assert entries[:2] == ["table1-13-meta-tokens", "table1-06-llama"]
+    assert {e for e in entries if not e.startswith("anchor:")} == {n for n in __import__("ablate.registry").registry.variant_names() if n.startswith(("table1-", "table3-"))}
+    assert {"anchor:table1-06-llama", "anchor:table3-llama3", "anchor:table3-mamba2"} <= set(entries)
+
+
+@pytest.mark.parametrize("name", ["table3-llama3", "table1-06-llama", "table3-mamba2"])
+def test_anchor_config_is_the_reverse_of_the_importer(name):
+    config = resolve(name, "tiny").config
+    anchor = build_anchor(config, torch.float32, "cpu")
+    back = from_transformers(anchor).config
+    for field in ("hidden_size", "num_hidden_layers", "vocab_size", "tie_word_embeddings", "block"):
+        assert getattr(back, field) == getattr(config, field), field
+    if anchor_family(config) == "llama":
+        for field in ("num_attention_heads", "num_key_value_heads", "resolved_head_dim", "intermediate_size", "rope_theta"):
+            assert getattr(back, field) == getattr(config, field), field
+    else:
+        for field in ("ssm_state_size", "ssm_head_dim", "ssm_n_groups", "ssm_expand", "ssm_conv_kernel", "ssm_chunk_size"):
+            assert getattr(back, field) == getattr(config, field), field
+
+
+def test_no_anchor_for_hybrids():
+    assert anchor_family(resolve("table1-13-meta-tokens", "tiny").config) is None
+    assert anchor_family(resolve("table3-samba", "tiny").config) is None
+    assert hf_llama_config(resolve("table3-llama3", "paper").config).num_key_value_heads == 8
+    assert hf_mamba2_config(resolve("table3-mamba2", "paper").config).num_heads == 64
