@@ -44,7 +44,79 @@ def causal_conv1d_ref(
     return y, full[..., full.shape[-1] - (width - 1) :]
 
 
+def conv_final_state(x: torch.Tensor, initial_state: torch.Tensor | None, width: int) -> torch.Tensor:
+    """The last k-1 inputs of [initial_state, x], as ``causal_conv1d_ref`` returns them, without
+    concatenating all of x (fast paths use this)."""
+    length = x.shape[-1]
+    if length >= width - 1:
+        return x[..., length - (width - 1) :].clone()
+    init = initial_state.to(x.dtype) if initial_state is not None else x.new_zeros(*x.shape[:2], width - 1)
+    return torch.cat([init[..., length:], x], dim=-1)
+
+
 _CONV = op("conv1d", causal_conv1d_ref)
+
+
+# ---- fast paths: each module is imported on first use, so a CPU-only install never loads triton or
+# the CUDA extensions
+
+
+def _triton_available(x, weight, bias=None, activation="silu", initial_state=None, seq_idx=None):
+    from ablate.kernels.triton.support import FLOAT_DTYPES, can_run
+
+    floats = [t for t in (x, weight, bias, initial_state) if t is not None]
+    return (
+        can_run(*floats, seq_idx)
+        and all(t.dtype in FLOAT_DTYPES for t in floats)
+        and x.dim() == 3
+        and weight.shape[1] <= 8  # the taps are unrolled
+        and activation in (None, "silu")
+    )
+
+
+def _triton(x, weight, bias=None, activation="silu", initial_state=None, seq_idx=None):
+    from ablate.kernels.triton.conv1d import causal_conv1d_triton
+
+    return causal_conv1d_triton(x, weight, bias, activation, initial_state, seq_idx)
+
+
+def _causal_conv1d_available(x, weight, bias=None, activation="silu", initial_state=None, seq_idx=None):
+    from ablate.kernels.triton.support import package_installed
+
+    channel_last = x.dim() == 3 and x.stride(1) == 1
+    return (
+        package_installed("causal_conv1d")
+        and x.is_cuda
+        and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and 2 <= weight.shape[1] <= 4
+        and activation in (None, "silu")
+        # its kernels take an initial state or document indices only in channel-last layout, and we
+        # do not rely on how it combines the two
+        and (initial_state is None or channel_last)
+        and (seq_idx is None or channel_last)
+        and (initial_state is None or seq_idx is None)
+    )
+
+
+def _causal_conv1d(x, weight, bias=None, activation="silu", initial_state=None, seq_idx=None):
+    from causal_conv1d import causal_conv1d_fn
+
+    init = None
+    if initial_state is not None:  # channel-last, in x's dtype
+        init = initial_state.to(x.dtype).transpose(1, 2).contiguous().transpose(1, 2)
+    y = causal_conv1d_fn(
+        x,
+        weight.to(x.dtype),
+        bias.to(x.dtype) if bias is not None else None,
+        seq_idx=seq_idx.to(torch.int32).contiguous() if seq_idx is not None else None,
+        initial_states=init,
+        activation=activation,
+    )
+    return y, conv_final_state(x, initial_state, weight.shape[1])
+
+
+_CONV.register("triton", _triton, _triton_available)
+_CONV.register("causal_conv1d", _causal_conv1d, _causal_conv1d_available)
 
 
 def causal_conv1d(x, weight, bias=None, activation="silu", initial_state=None, seq_idx=None, backend=None):

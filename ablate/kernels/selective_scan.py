@@ -65,6 +65,69 @@ def document_continues(seq_idx: torch.Tensor) -> torch.Tensor:
 _SCAN = op("selective_scan", selective_scan_ref)
 
 
+# ---- fast paths: each module is imported on first use, so a CPU-only install never loads triton or
+# the CUDA extensions
+
+
+def _triton_available(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None, seq_idx=None):
+    from ablate.kernels.triton.support import FLOAT_DTYPES, can_run
+
+    floats = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
+    return (
+        can_run(*floats, seq_idx)
+        and all(t.dtype in FLOAT_DTYPES for t in floats)
+        and B.dim() == 3
+        and C.dim() == 3
+        and A.shape[-1] <= 256  # one program holds all states of its channels
+    )
+
+
+def _triton(*args):
+    from ablate.kernels.triton.selective_scan import selective_scan_triton
+
+    return selective_scan_triton(*args)
+
+
+def _mamba_ssm_available(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None, seq_idx=None):
+    from ablate.kernels.triton.support import package_installed
+
+    # mamba_ssm's Mamba1 scan takes neither an initial state nor packed-document indices
+    return (
+        package_installed("mamba_ssm")
+        and initial_state is None
+        and seq_idx is None
+        and u.is_cuda
+        and u.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and B.dim() == 3
+        and C.dim() == 3
+    )
+
+
+def _mamba_ssm(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None, seq_idx=None):
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    # its CUDA kernel wants delta, z, B, C in u's dtype and A, D, delta_bias in fp32. Its backward
+    # ignores the final state's gradient (no training path differentiates through it).
+    dt = u.dtype
+    y, last = selective_scan_fn(
+        u,
+        delta.to(dt),
+        A.float(),
+        B.to(dt),
+        C.to(dt),
+        D.float() if D is not None else None,
+        z.to(dt) if z is not None else None,
+        delta_bias.float() if delta_bias is not None else None,
+        delta_softplus,
+        return_last_state=True,
+    )
+    return y, last.float()
+
+
+_SCAN.register("triton", _triton, _triton_available)
+_SCAN.register("mamba_ssm", _mamba_ssm, _mamba_ssm_available)
+
+
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None, seq_idx=None, backend=None
 ):

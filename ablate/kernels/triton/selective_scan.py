@@ -1,0 +1,498 @@
+"""Fused Mamba (v1) selective scan in Triton, forward and backward. Same contract as
+``ablate.kernels.selective_scan.selective_scan_ref``.
+
+One program owns (one batch row, BLOCK_D channels) and walks the sequence in chunks of T steps. Per
+chunk it builds the decays exp(dt A) and the drives dt u B as a (BLOCK_D, N, T) register tile, scans
+them along T with ``tl.associative_scan``, contracts with C and carries the state to the next chunk:
+the (batch, dim, state, length) tensor never reaches HBM. The forward of a training step also keeps
+the state entering every chunk (b, L/T, d, n in fp32, 1/T of a full materialization); the backward
+walks the chunks in reverse, recomputes each chunk's states from its entry state and scans the
+adjoint backwards. Math is fp32 whatever the input dtypes.
+
+Recurrence, per channel d and state n (A is (d, n); dt, u, z are (b, d, l); B, C are (b, n, l)):
+    a_t = exp(dt_t A) (0 where a new document starts),  x_t = dt_t u_t B_t,  h_t = a_t h_{t-1} + x_t
+    y_t = (sum_n C_t h_t + D u_t) * silu(z_t)
+Adjoint, with g_t = dL/dh_t:
+    g_t = dy_t C_t + a_{t+1} g_{t+1}   (g at the last step also receives dL/d(final state))
+    a_t h_{t-1} = h_t - x_t  gives the decay's gradient without a shifted copy of h
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+if os.environ.get("TRITON_INTERPRET") == "1":  # CPU tests: fixes to triton 3.6's interpreter
+    from ablate.kernels.triton.interpreter_compat import patch_interpreter
+
+    patch_interpreter()
+
+
+
+@triton.jit
+def _softplus(x):
+    # F.softplus (threshold 20). log1p via log(1+e) * e / ((1+e) - 1): exact to rounding even where
+    # 1 + e rounds (dt biases sit near softplus^-1(1e-3), where plain log(1 + e) loses digits)
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    lp = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    return tl.where(x > 20.0, x, lp)
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # segment 1 then segment 2: h -> a2 (a1 h + b1) + b2
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _combine_adjoint(p1, g1, f1, p2, g2, f2):
+    # reverse scan of g_t = c_t + a_{t+1} g_{t+1}. Triton's reverse scan calls combine(later, earlier)
+    # (it flips, then scans forwards). A segment [i..j] keeps P = a_{i+1}..a_j, G = g_i from inside
+    # the segment, F = a_i (the factor its predecessor needs to step into it).
+    pf = p2 * f1
+    return pf * p1, g2 + pf * g1, f2
+
+
+# Tiles are time-major: (T, BLOCK_N, BLOCK_D) with channels fastest. Triton's default layout then puts
+# channels (and states) across lanes and warps and keeps the T steps of a chunk inside each thread, so
+# the scan along T is a sequential in-register loop (no shuffles) and only the sum over states
+# crosses threads. A (BLOCK_D, N, T) tile instead spread T over lanes: ~12 shuffles per element
+# (sm_90 SASS of both, compiled offline).
+
+
+@triton.jit
+def _load_chunk(
+    u_row, dt_row, z_row, B_row, C_row, seq_row,
+    t, mt, md, mn,
+    s_ul, s_tl, s_zl, s_Bn, s_Bl, s_Cn, s_Cl, s_sl,
+    offs_n,
+    HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
+):
+    """One chunk's inputs, fp32: u, dt, z (T, BLOCK_D); B, C (T, BLOCK_N); keep (T,)."""
+    m2 = mt[:, None] & md[None, :]
+    mb = mt[:, None] & mn[None, :]
+    u = tl.load(u_row + t[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
+    dt = tl.load(dt_row + t[:, None] * s_tl, mask=m2, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_row + t[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
+    else:
+        z = u
+    Bt = tl.load(B_row + t[:, None] * s_Bl + offs_n[None, :] * s_Bn, mask=mb, other=0.0).to(tl.float32)
+    Ct = tl.load(C_row + t[:, None] * s_Cl + offs_n[None, :] * s_Cn, mask=mb, other=0.0).to(tl.float32)
+    if HAS_SEQ:
+        # the state carries into t when t continues t-1's document; position 0 always carries
+        # (an initial state belongs to the first document); padding loads 0 == 0 and carries
+        cur = tl.load(seq_row + t * s_sl, mask=mt, other=0)
+        prev = tl.load(seq_row + (t - 1) * s_sl, mask=mt & (t > 0), other=0)
+        keep = (cur == prev) | (t == 0)
+    else:
+        keep = t >= 0
+    return u, dt, z, Bt, Ct, keep
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr,
+    y_ptr, hlast_ptr, hck_ptr,
+    dim, length, dstate, nchunks,
+    s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_Ad, s_An,
+    s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_zb, s_zd, s_zl,
+    s_yb, s_yd, s_yl, s_hb, s_hd, s_hn, s_sb, s_sl,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, STORE_CK: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, T)
+    md = offs_d < dim
+    mn = offs_n < dstate
+    mnd = mn[:, None] & md[None, :]
+    # exp(dt A) as exp2(dt A log2 e): one multiply fewer per (t, n, d) element
+    A2 = tl.load(A_ptr + offs_n[:, None] * s_An + offs_d[None, :] * s_Ad, mask=mnd, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + pid_b * s_hb + offs_n[:, None] * s_hn + offs_d[None, :] * s_hd, mask=mnd, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+
+    u_row = u_ptr + pid_b * s_ub + offs_d[None, :] * s_ud
+    dt_row = dt_ptr + pid_b * s_tb + offs_d[None, :] * s_td
+    z_row = z_ptr + pid_b * s_zb + offs_d[None, :] * s_zd
+    y_row = y_ptr + pid_b * s_yb + offs_d[None, :] * s_yd
+    B_row = B_ptr + pid_b * s_Bb
+    C_row = C_ptr + pid_b * s_Cb
+    seq_row = seq_ptr + pid_b * s_sb
+    state_tile = offs_n[:, None] + offs_d[None, :] * dstate  # (b, [chunk,] d, n) storage
+    ck_tile = hck_ptr + pid_b * nchunks * dim * dstate + state_tile
+    first = (offs_t == 0)[:, None, None]
+    last = (offs_t == T - 1)[:, None, None]
+
+    # software prefetch: the next chunk's loads are issued before this chunk's arithmetic, so their
+    # latency hides behind it (few programs per SM at the anchor shape: occupancy cannot hide it)
+    t = offs_t
+    mt = t < length
+    u, dt, z, Bt, Ct, keep = _load_chunk(
+        u_row, dt_row, z_row, B_row, C_row, seq_row, t, mt, md, mn,
+        s_ul, s_tl, s_zl, s_Bn, s_Bl, s_Cn, s_Cl, s_sl, offs_n, HAS_Z, HAS_SEQ,
+    )
+    for c in range(nchunks):
+        tn = t + T
+        mtn = tn < length
+        u_n, dt_n, z_n, B_n, C_n, keep_n = _load_chunk(
+            u_row, dt_row, z_row, B_row, C_row, seq_row, tn, mtn, md, mn,
+            s_ul, s_tl, s_zl, s_Bn, s_Bl, s_Cn, s_Cl, s_sl, offs_n, HAS_Z, HAS_SEQ,
+        )
+        if STORE_CK:
+            tl.store(ck_tile + c * dim * dstate, h, mask=mnd)
+        m2 = mt[:, None] & md[None, :]
+        if HAS_BIAS:
+            dt = dt + bias[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(m2, dt, 0.0)  # padding: decay 1, drive 0, so the state passes through
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
+        if HAS_SEQ:
+            dA = tl.where(keep[:, None, None], dA, 0.0)
+        x = (dt * u)[:, None, :] * Bt[:, :, None]
+        x = tl.where(first, x + dA * h[None, :, :], x)  # fold the carried state into step 0
+        _, hs = tl.associative_scan((dA, x), 0, _combine)
+        y = tl.sum(hs * Ct[:, :, None], axis=1)
+        h = tl.sum(tl.where(last, hs, 0.0), axis=0)
+        if HAS_D:
+            y += u * Dv[None, :]
+        if HAS_Z:
+            y = y * (z * tl.sigmoid(z))
+        tl.store(y_row + t[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
+        t, mt = tn, mtn
+        u, dt, z, Bt, Ct, keep = u_n, dt_n, z_n, B_n, C_n, keep_n
+    tl.store(hlast_ptr + pid_b * dim * dstate + state_tile, h, mask=mnd)
+
+
+@triton.jit
+def _channel_sum(a, v, PRECISION: tl.constexpr):
+    """sum_d a[t, n, d] * v[t, d] -> (t, n) as a batched matrix product on the tensor cores: a
+    butterfly sum across the 32 channel lanes costs 5 shuffles per element and dominated the
+    backward; this pads v to 16 columns (column 0 real) and pays two layout conversions instead."""
+    cols = tl.arange(0, 16)
+    vv = tl.where((cols == 0)[None, None, :], v[:, :, None], 0.0)  # (t, d, 16)
+    r = tl.dot(a, vv, input_precision=PRECISION)  # (t, n, 16)
+    return tl.sum(r, axis=2)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, hck_ptr, dy_ptr, dhl_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    dim, length, dstate, nchunks,
+    s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_Ad, s_An,
+    s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_zb, s_zd, s_zl, s_sb, s_sl,
+    s_gb, s_gd, s_gl,  # dy
+    s_dub, s_dud, s_dul, s_dtb, s_dtd, s_dtl, s_dzb, s_dzd, s_dzl,
+    s_dBb, s_dBn, s_dBl, s_dCb, s_dCn, s_dCl,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_DHL: tl.constexpr, DOT_REDUCE: tl.constexpr, DOT_PRECISION: tl.constexpr, FLIP_SCAN: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, T)
+    md = offs_d < dim
+    mn = offs_n < dstate
+    mnd = mn[:, None] & md[None, :]
+    A = tl.load(A_ptr + offs_n[:, None] * s_An + offs_d[None, :] * s_Ad, mask=mnd, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    state_tile = offs_n[:, None] + offs_d[None, :] * dstate
+    if HAS_DHL:
+        g_carry = tl.load(dhl_ptr + pid_b * dim * dstate + state_tile, mask=mnd, other=0.0)
+    else:
+        g_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+
+    u_row = u_ptr + pid_b * s_ub + offs_d[None, :] * s_ud
+    dt_row = dt_ptr + pid_b * s_tb + offs_d[None, :] * s_td
+    z_row = z_ptr + pid_b * s_zb + offs_d[None, :] * s_zd
+    dy_row = dy_ptr + pid_b * s_gb + offs_d[None, :] * s_gd
+    du_row = du_ptr + pid_b * s_dub + offs_d[None, :] * s_dud
+    ddt_row = ddt_ptr + pid_b * s_dtb + offs_d[None, :] * s_dtd
+    dz_row = dz_ptr + pid_b * s_dzb + offs_d[None, :] * s_dzd
+    B_row = B_ptr + pid_b * s_Bb
+    C_row = C_ptr + pid_b * s_Cb
+    seq_row = seq_ptr + pid_b * s_sb
+    dB_row = dB_ptr + pid_b * s_dBb + offs_n[None, :] * s_dBn
+    dC_row = dC_ptr + pid_b * s_dCb + offs_n[None, :] * s_dCn
+    ck_tile = hck_ptr + pid_b * nchunks * dim * dstate + state_tile
+    first = (offs_t == 0)[:, None, None]
+    last = (offs_t == T - 1)[:, None, None]
+    ones = tl.full((T, BLOCK_N, BLOCK_D), 1.0, tl.float32)
+
+    c = nchunks - 1
+    t = c * T + offs_t
+    mt = t < length
+    u, dt, z, Bt, Ct, keep = _load_chunk(
+        u_row, dt_row, z_row, B_row, C_row, seq_row, t, mt, md, mn,
+        s_ul, s_tl, s_zl, s_Bn, s_Bl, s_Cn, s_Cl, s_sl, offs_n, HAS_Z, HAS_SEQ,
+    )
+    m2 = mt[:, None] & md[None, :]
+    dout = tl.load(dy_row + t[:, None] * s_gl, mask=m2, other=0.0).to(tl.float32)
+    for _ in range(nchunks):
+        # prefetch the previous chunk (before chunk 0 every mask is off and nothing is read)
+        tp = t - T
+        mtp = (tp < length) & (tp >= 0)
+        u_p, dt_p, z_p, B_p, C_p, keep_p = _load_chunk(
+            u_row, dt_row, z_row, B_row, C_row, seq_row, tp, mtp, md, mn,
+            s_ul, s_tl, s_zl, s_Bn, s_Bl, s_Cn, s_Cl, s_sl, offs_n, HAS_Z, HAS_SEQ,
+        )
+        m2p = mtp[:, None] & md[None, :]
+        dout_p = tl.load(dy_row + tp[:, None] * s_gl, mask=m2p, other=0.0).to(tl.float32)
+        h0 = tl.load(ck_tile + c * dim * dstate, mask=mnd, other=0.0)
+
+        # recompute this chunk's forward
+        if HAS_BIAS:
+            raw = dt + bias[None, :]
+        else:
+            raw = dt
+        if SOFTPLUS:
+            dtv = _softplus(raw)
+        else:
+            dtv = raw
+        dtv = tl.where(m2, dtv, 0.0)
+        dA = tl.exp2(dtv[:, None, :] * A2[None, :, :])
+        if HAS_SEQ:
+            dA = tl.where(keep[:, None, None], dA, 0.0)
+        dtu = dtv * u
+        x = dtu[:, None, :] * Bt[:, :, None]
+        _, hs = tl.associative_scan((dA, tl.where(first, x + dA * h0[None, :, :], x)), 0, _combine)
+
+        # through the gate and the skip
+        if HAS_Z:
+            y = tl.sum(hs * Ct[:, :, None], axis=1)
+            if HAS_D:
+                y += u * Dv[None, :]
+            sz = tl.sigmoid(z)
+            dz = dout * y * sz * (1.0 + z * (1.0 - sz))
+            tl.store(dz_row + t[:, None] * s_dzl, dz.to(dz_ptr.dtype.element_ty), mask=m2)
+            dyv = dout * z * sz
+        else:
+            dyv = dout
+        if HAS_D:
+            dD_acc += tl.sum(dyv * u, axis=0)
+
+        # adjoint of the state, scanned backwards; the later chunks enter through the last step
+        cg = dyv[:, None, :] * Ct[:, :, None]
+        cg = tl.where(last, cg + g_carry[None, :, :], cg)
+        if FLIP_SCAN:
+            # Triton 3.6 lowers reverse=True with lane shuffles even along an in-thread axis (~14 per
+            # element on sm_90); flipping the in-thread axis is register renaming
+            _, g, _ = tl.associative_scan((ones, tl.flip(cg, 0), tl.flip(dA, 0)), 0, _combine_adjoint)
+            g = tl.flip(g, 0)
+        else:
+            _, g, _ = tl.associative_scan((ones, cg, dA), 0, _combine_adjoint, reverse=True)
+        g_carry = tl.sum(tl.where(first, g * dA, 0.0), axis=0)  # dL/d(state entering this chunk)
+
+        mb = mt[:, None] & mn[None, :]
+        if DOT_REDUCE:
+            dC_t = _channel_sum(hs, dyv, DOT_PRECISION)
+            dB_t = _channel_sum(g, dtu, DOT_PRECISION)
+        else:
+            dC_t = tl.sum(hs * dyv[:, None, :], axis=2)
+            dB_t = tl.sum(g * dtu[:, None, :], axis=2)
+        tl.atomic_add(dC_row + t[:, None] * s_dCl, dC_t, mask=mb, sem="relaxed")
+        tl.atomic_add(dB_row + t[:, None] * s_dBl, dB_t, mask=mb, sem="relaxed")
+        gB = tl.sum(g * Bt[:, :, None], axis=1)
+        hx = g * (hs - x)  # g_t a_t h_{t-1}
+        dA_acc += tl.sum(hx * dtv[:, None, :], axis=0)
+        ddt = u * gB + tl.sum(hx * A[None, :, :], axis=1)
+        du = dtv * gB
+        if HAS_D:
+            du += dyv * Dv[None, :]
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(raw)
+        ddt = tl.where(m2, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=0)
+        tl.store(du_row + t[:, None] * s_dul, du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddt_row + t[:, None] * s_dtl, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+
+        c -= 1
+        t, mt, m2 = tp, mtp, m2p
+        u, dt, z, Bt, Ct, keep, dout = u_p, dt_p, z_p, B_p, C_p, keep_p, dout_p
+
+    # per-batch partials (summed over batch on the host): deterministic, and b x d x n is small
+    out_tile = pid_b * dim * dstate + state_tile
+    tl.store(dA_ptr + out_tile, dA_acc, mask=mnd)
+    tl.store(dh0_ptr + out_tile, g_carry, mask=mnd)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=md)
+    tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=md)
+
+
+# ---------------------------------------------------------------------------------------------
+# launch configuration
+
+
+def _env_ints(name: str) -> tuple[int, ...] | None:
+    value = os.environ.get(name)
+    return tuple(int(v) for v in value.split(",")) if value else None
+
+
+def fwd_config(dstate: int) -> tuple[int, int, int]:
+    """(BLOCK_D, T, num_warps); ``ABLATE_SCAN_FWD_CONFIG="BLOCK_D,T,warps"`` overrides (tuning sweeps).
+
+    Per-element sm_90 SASS (compiled offline, bf16, N=16) is near its best from BLOCK_D 8 with 2 warps
+    (~6 FP ops, 1.25 MUFU, ~4 shuffle/shared-memory ops per (t, n, d) element) while giving the most
+    programs: parallelism is batch x dim / BLOCK_D programs, only 256 at the anchor shape."""
+    env = _env_ints("ABLATE_SCAN_FWD_CONFIG")
+    if env:
+        return env
+    n = triton.next_power_of_2(dstate)
+    if n <= 16:
+        return 8, 16, 2
+    if n <= 32:
+        return 8, 16, 4
+    return 8, 8, 4
+
+
+def bwd_config(dstate: int, T: int) -> tuple[int, int, bool]:
+    """(BLOCK_D, num_warps, reduce over channels with tl.dot); its T is the forward's (the saved states
+    are per chunk). ``ABLATE_SCAN_BWD_CONFIG="BLOCK_D,warps,dot"`` overrides."""
+    env = _env_ints("ABLATE_SCAN_BWD_CONFIG")
+    n = triton.next_power_of_2(dstate)
+    if env:
+        block_d, warps, dot = env
+    else:
+        block_d, warps, dot = 16, 4, 1
+    # tl.dot needs every dimension >= 16
+    return block_d, warps, bool(dot) and n >= 16 and block_d >= 16
+
+
+# ---------------------------------------------------------------------------------------------
+# host side
+
+
+def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
+    return tuple(t.stride()) if t is not None else (0, 0, 0)
+
+
+class _SelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx):
+        batch, dim, length = u.shape
+        dstate = A.shape[1]
+        BLOCK_D, T, warps = fwd_config(dstate)
+        BLOCK_N = triton.next_power_of_2(dstate)
+        nchunks = triton.cdiv(length, T)
+        store = any(ctx.needs_input_grad)
+        y = torch.empty_like(u)  # keeps u's layout: (b, l, d) storage stays (b, l, d)
+        hlast = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
+        hck = torch.empty(batch, nchunks, dim, dstate, device=u.device, dtype=torch.float32) if store else hlast
+        dummy = u
+        h0 = initial_state if initial_state is not None else dummy
+        grid = (triton.cdiv(dim, BLOCK_D), batch)
+        _scan_fwd_kernel[grid](
+            u, delta, A, B, C,
+            D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, h0,
+            seq_idx if seq_idx is not None else dummy,
+            y, hlast, hck,
+            dim, length, dstate, nchunks,
+            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
+            *y.stride(), *(_strides3(initial_state)), *(seq_idx.stride() if seq_idx is not None else (0, 0)),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+            HAS_H0=initial_state is not None, HAS_SEQ=seq_idx is not None, STORE_CK=store,
+            BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, T=T, num_warps=warps,
+        )
+        if store:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, seq_idx, hck)
+            ctx.softplus, ctx.T = bool(delta_softplus), T
+            ctx.h0_dtype = initial_state.dtype if initial_state is not None else None
+        return y, hlast
+
+    @staticmethod
+    def backward(ctx, dy, dhlast):
+        u, delta, A, B, C, D, z, delta_bias, seq_idx, hck = ctx.saved_tensors
+        batch, dim, length = u.shape
+        dstate = A.shape[1]
+        T = ctx.T
+        BLOCK_D, warps, dot = bwd_config(dstate, T)
+        BLOCK_N = triton.next_power_of_2(dstate)
+        nchunks = hck.shape[1]
+        dev, f32 = u.device, torch.float32
+        if dy is None:
+            dy = torch.zeros_like(u)
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        # fp32 accumulators for the sums over channels, laid out like B / C ((b, l, n) storage when
+        # B and C are (b, n, l) views, as the model passes them)
+        dB = _zeros_like_layout(B, f32)
+        dC = _zeros_like_layout(C, f32)
+        dA = torch.empty(batch, dim, dstate, device=dev, dtype=f32)
+        dD = torch.empty(batch, dim, device=dev, dtype=f32)
+        dbias = torch.empty(batch, dim, device=dev, dtype=f32)
+        dh0 = torch.empty(batch, dim, dstate, device=dev, dtype=f32)
+        dummy = u
+        dhl = dhlast.float().contiguous() if dhlast is not None else dummy
+        grid = (triton.cdiv(dim, BLOCK_D), batch)
+        _scan_bwd_kernel[grid](
+            u, delta, A, B, C,
+            D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy,
+            seq_idx if seq_idx is not None else dummy, hck, dy, dhl,
+            du, ddelta, dz if dz is not None else du, dA, dB, dC, dD, dbias, dh0,
+            dim, length, dstate, nchunks,
+            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
+            *(seq_idx.stride() if seq_idx is not None else (0, 0)),
+            *dy.stride(), *du.stride(), *ddelta.stride(), *_strides3(dz), *dB.stride(), *dC.stride(),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
+            HAS_SEQ=seq_idx is not None, HAS_DHL=dhlast is not None,
+            # fp32 inputs keep fp32-level sums (3 tf32 passes); bf16 gradients round coarser anyway
+            DOT_REDUCE=dot, DOT_PRECISION="tf32x3" if u.dtype == torch.float32 else "tf32", FLIP_SCAN=True,
+            BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, T=T, num_warps=warps,
+        )
+        return (
+            du,
+            ddelta,
+            dA.sum(0).to(A.dtype),
+            dB.to(B.dtype),
+            dC.to(C.dtype),
+            dD.sum(0).to(D.dtype) if D is not None else None,
+            dz,
+            dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+            None,
+            dh0.to(ctx.h0_dtype) if ctx.h0_dtype is not None else None,
+            None,
+        )
+
+
+def _zeros_like_layout(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # zeros with t's memory layout when t is a dense permutation (e.g. a transposed view)
+    if t.dim() == 3 and t.stride(1) == 1 and t.stride(2) == t.shape[1]:
+        return torch.zeros(t.shape[0], t.shape[2], t.shape[1], device=t.device, dtype=dtype).transpose(1, 2)
+    return torch.zeros(t.shape, device=t.device, dtype=dtype)
+
+
+def selective_scan_triton(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None, seq_idx=None
+):
+    """Same contract and return values as ``selective_scan_ref``: (y in u's dtype, final state fp32)."""
+    if u.shape[-1] == 0:
+        from ablate.kernels.selective_scan import selective_scan_ref
+
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx)
+    return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx)
