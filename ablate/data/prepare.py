@@ -318,8 +318,8 @@ def ensure_prepared(source: str = DEFAULT_SOURCES, tokenizer: str = "bpe", *, vo
         return out
     try:
         prepare(source, tokenizer, out, vocab_size=vocab_size, max_tokens=max_tokens, quiet=quiet, **kwargs)
-    except OSError:
-        if (out / MANIFEST).exists():  # another process finished first
+    except (OSError, DataError):
+        if (out / MANIFEST).exists():  # another process finished first (its rename won)
             return out
         raise
     return out

@@ -37,7 +37,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int):
 
     With room for it (vocab >= 512) the alphabet is all 256 bytes, so any text encodes losslessly.
     Smaller vocabularies (the ``tiny`` scale has 256) cannot hold every byte plus merges: they keep the
-    bytes seen in training and map others to ``<unk>``."""
+    bytes seen in training and map others to ``<unk>``.
+
+    Training is not bitwise reproducible across processes: ``tokenizers`` breaks ties between equally
+    frequent merges in hash-map order (huggingface/tokenizers#1794). The trained tokenizer is therefore
+    saved with the prepared data, whose ``data_hash`` covers it: a run is tied to one prepared
+    directory, never to a re-training."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -46,15 +51,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int):
     tok = Tokenizer(models.BPE(unk_token=None if full_bytes else UNK))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if full_bytes else [],
-        # small vocabularies: leave at least a quarter of the ids to merges
-        limit_alphabet=None if full_bytes else vocab_size - len(specials) - vocab_size // 4,
-        min_frequency=2,
-        show_progress=False,
-    )
+    if full_bytes:
+        alphabet = {"initial_alphabet": pre_tokenizers.ByteLevel.alphabet()}
+    else:  # small vocabularies: leave at least a quarter of the ids to merges
+        alphabet = {"limit_alphabet": vocab_size - len(specials) - vocab_size // 4}
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2, show_progress=False, **alphabet)
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=EOS, pad_token=EOS, unk_token=None if full_bytes else UNK, model_max_length=10**9
