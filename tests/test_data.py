@@ -142,3 +142,13 @@ def test_data_cli(tmp_path, tiny_data):
     assert r.exit_code == 0 and "python-stdlib" in r.output and "synthetic:mqar" in r.output
     r = CliRunner().invoke(app, ["data", "prepare", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "q")])
     assert r.exit_code == 2 and "no such file" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_bpe_with_room_for_all_bytes_is_lossless():
+    from ablate.data.tokenizer import train_bpe
+
+    texts = ["def f(x):\n    return x + 1\n" * 20, "plain English text, repeated. " * 20]
+    tok = train_bpe(iter(texts), 600)
+    assert len(tok) <= 600 and tok.unk_token is None
+    odd = "naïve café — 😀 \x00\t end"  # bytes never seen in training still round-trip
+    assert tok.decode(tok(odd, add_special_tokens=False)["input_ids"]) == odd

@@ -124,3 +124,22 @@ def test_train_cli_error_is_one_line(tmp_path):
 
     r = CliRunner().invoke(app, ["train", "table3-llama3", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and r.output.startswith("error: data dir") and len(r.output.strip().splitlines()) == 1
+
+
+def test_gpu_check_helpers_on_cpu():
+    """The GPU check's kernel probe and summary rendering (the GPU run itself is the lead's)."""
+    from ablate.train.proxy_run import _compile_ok, kernel_choices, render_markdown
+
+    choices = kernel_choices("hymba-1.5b", "tiny", device="cpu", seq_len=16)
+    assert "selective_scan" in choices and "attention" in choices
+    assert _compile_ok({"attention": ["sdpa"]}) and not _compile_ok({"selective_scan": ["reference"]})
+    run = {"name": "proxy-1gpu", "gpus": 1, "status": "complete", "steps": 100, "val": {0: 9.0, 100: 4.5}, "loss_last": 4.4, "tokens_per_s": 1e5, "peak_memory_gb": 3.2}
+    md = render_markdown({
+        "device": "GPU", "gpus": 1, "total_s": 300, "provenance": {"date": "d", "git_sha": "g", "torch": "t"},
+        "data": {"source": "s", "tokenizer": "bpe:8192", "train_tokens": 10, "val_tokens": 1, "prepare_s": 1},
+        "proxy": {"variant": "hymba-1.5b", "params": 15e6, "seq_len": 1024, "global_batch": 32, "steps": 100, "compile": "off", "runs": [run]},
+        "paper_scale": [{"variant": "table3-llama3", "params": 1.04e9, "gpus": 1, "micro_batch": 4, "activation_checkpointing": False, "compile": "off",
+                         "tokens_per_s": 50_000.0, "peak_memory_gb": 40.0, "gpu_hours_100B": 555.6, "mfu_6N": 0.31, "kernels": {}},
+                        {"variant": "table3-hymba", "params": 1.05e9, "skipped": "budget"}],
+    })
+    assert "| proxy-1gpu | 1 | complete | 100 | 9.000 | 4.500 |" in md and "| 556 |" in md and "failed: budget" in md
