@@ -100,22 +100,77 @@ def use_fsdp(s: TrainSettings, d: Dist) -> bool:
     return d.initialized and s.fsdp != "off"
 
 
-def use_compile(s: TrainSettings, d: Dist) -> bool:
-    """auto: on a GPU without FSDP. Under FSDP compile goes per block, and today's blocks recompile
-    per layer (each layer's index and window are constants of its graph), so auto leaves it off."""
-    return s.compile == "on" or (s.compile == "auto" and d.device.type == "cuda" and not use_fsdp(s, d))
+def use_compile(s: TrainSettings, d: Dist, config=None) -> bool:
+    """auto: on a GPU without FSDP, unless a kernel of this model falls back to a Python-loop
+    reference scan there (compiling would unroll one step per token). Under FSDP compile goes per
+    block, and today's blocks recompile per layer (each layer's index and window are constants of
+    its graph), so auto leaves it off."""
+    if s.compile != "auto":
+        return s.compile == "on"
+    if d.device.type != "cuda" or use_fsdp(s, d):
+        return False
+    return config is None or not uses_reference_scan(kernel_choices(config, d.device))
 
 
-def parallelize(model: torch.nn.Module, s: TrainSettings, d: Dist) -> torch.nn.Module:
-    """Apply, in torchtitan's order: activation checkpointing, compile per block, FSDP2."""
+def kernel_choices(config, device, seq_len: int = 256) -> dict[str, list[str]]:
+    """Which implementation each kernel op picks in one forward of a 2-layer copy of this model on
+    ``device`` (bf16 autocast on GPU), e.g. {"selective_scan": ["triton"], "attention": ["flex"]}.
+    Recorded by wrapping the ops' run-time choice; the choice depends on device, dtype and head
+    sizes, not on depth."""
+    from ablate.kernels import backend
+    from ablate.model.lm import AblateForCausalLM
+
+    device = torch.device(device)
+    try:
+        probe_config = config.__class__(**dict(config.to_dict(), num_hidden_layers=2))
+    except Exception:  # e.g. layer lists that name deeper layers: probe the model as it is
+        probe_config = config
+    seen: dict[str, set] = {}
+    original = backend.Op.choose
+
+    def spy(self, b, *args, **kwargs):
+        fn = original(self, b, *args, **kwargs)
+        name = "reference" if fn is self.reference else next((n for n, (f, _) in self.fast_paths.items() if f is fn), getattr(fn, "__name__", "?"))
+        seen.setdefault(self.name, set()).add(name)
+        return fn
+
+    backend.Op.choose = spy
+    model = None
+    try:
+        with torch.device(device):
+            model = AblateForCausalLM(probe_config)
+        x = torch.randint(0, probe_config.vocab_size, (2, seq_len), device=device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            model(input_ids=x, seq_idx=torch.zeros_like(x) if probe_config.document_masking else None)
+    finally:
+        backend.Op.choose = original
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {k: sorted(v) for k, v in seen.items()}
+
+
+def uses_reference_scan(choices: dict) -> bool:
+    return any("reference" in choices.get(op, []) for op in ("selective_scan", "ssd_scan"))
+
+
+def parallelize(model: torch.nn.Module, s: TrainSettings, d: Dist, compile_: bool = False) -> torch.nn.Module:
+    """Apply, in torchtitan's order: activation checkpointing, compile, FSDP2."""
     if s.activation_checkpointing:
         # recompute each block in the backward pass (the model's own hook keeps parameter names)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if use_compile(s, d):
+    if compile_:
         # Module.compile keeps state-dict keys unchanged (checkpoints load with or without compile).
         # Unsharded: the whole model, one frame (per-layer constants are baked in, no recompiles).
         # FSDP2: per block, as torchtitan does, so FSDP's hooks stay outside the compiled graphs.
         if use_fsdp(s, d):
+            # each layer compiles its own graph (see use_compile): let all of them, not just the first 8
+            import torch._dynamo
+
+            limit = 2 * len(model.model.layers) + 8
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
             for layer in model.model.layers:
                 layer.compile()
         else:

@@ -40,45 +40,19 @@ def _log(msg: str) -> None:
 
 
 def kernel_choices(variant: str, scale: str, device: str = "cuda", seq_len: int = 256) -> dict[str, list[str]]:
-    """Which implementation each kernel op picks in one bf16 forward of this variant (recorded by
-    wrapping the run-time choice), e.g. {"selective_scan": ["triton"], "attention": ["flex"]}."""
-    import torch
-
-    from ablate.kernels import backend
+    """Which implementation each kernel op picks for this variant on the device (see
+    ablate.train.parallelize.kernel_choices)."""
     from ablate.registry import resolve
+    from ablate.train.parallelize import kernel_choices as choices
 
-    # the choice depends on device, dtype and head sizes, not on depth: probe a 2-layer copy
-    config = resolve(variant, scale, overrides={"num_hidden_layers": 2}).config
-    seen: dict[str, set] = {}
-    original = backend.Op.choose
-
-    def spy(self, b, *args, **kwargs):
-        fn = original(self, b, *args, **kwargs)
-        name = "reference" if fn is self.reference else next((n for n, (f, _) in self.fast_paths.items() if f is fn), getattr(fn, "__name__", "?"))
-        seen.setdefault(self.name, set()).add(name)
-        return fn
-
-    from ablate.model.lm import AblateForCausalLM
-
-    backend.Op.choose = spy
-    model = None
-    try:
-        with torch.device(device):
-            model = AblateForCausalLM(config)
-        x = torch.randint(0, config.vocab_size, (2, seq_len), device=device)
-        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            model(input_ids=x, seq_idx=torch.zeros_like(x) if config.document_masking else None)
-    finally:
-        backend.Op.choose = original
-        del model
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    return {k: sorted(v) for k, v in seen.items()}
+    return choices(resolve(variant, scale).config, device, seq_len)
 
 
 def _compile_ok(choices: dict) -> bool:
+    from ablate.train.parallelize import uses_reference_scan
+
     # a reference scan is a Python loop over the sequence: compiling it would unroll thousands of steps
-    return not any("reference" in choices.get(op, []) for op in ("selective_scan", "ssd_scan"))
+    return not uses_reference_scan(choices)
 
 
 class Runner:

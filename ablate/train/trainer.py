@@ -196,7 +196,7 @@ def _run(d: Dist, variant, scale, out, data, steps, tokens, resume, overrides, s
         "world_size": d.world,
         "device": str(d.device),
         "fsdp": use_fsdp(s, d),
-        "compile": use_compile(s, d),
+        "compile": use_compile(s, d, config),
         "provenance": provenance(),
         "status": "running",
     }
@@ -211,6 +211,7 @@ def _run(d: Dist, variant, scale, out, data, steps, tokens, resume, overrides, s
         write_json_atomic(run.run_json, info)
     d.barrier()
 
+    compile_ = info["compile"]
     trainer = None
 
     def fail(message: str) -> None:
@@ -218,7 +219,7 @@ def _run(d: Dist, variant, scale, out, data, steps, tokens, resume, overrides, s
             run.update_info(status="failed", error=message, **({"step": trainer.step, "tokens": trainer.tokens} if trainer else {}))
 
     try:
-        trainer = _Trainer(d, run, v, config, s, data_dir, manifest, micro_batch, accum, chash, say)
+        trainer = _Trainer(d, run, v, config, s, data_dir, manifest, micro_batch, accum, chash, say, compile_)
         return trainer.train(resume and existing is not None)
     except torch.OutOfMemoryError:
         at = f"at step {trainer.step + 1} " if trainer else ""
@@ -240,7 +241,7 @@ def _run(d: Dist, variant, scale, out, data, steps, tokens, resume, overrides, s
 
 
 class _Trainer:
-    def __init__(self, d: Dist, run: RunDir, v, config, s: TrainSettings, data_dir: Path, manifest: dict, micro_batch: int, accum: int, chash: str, say: bool):
+    def __init__(self, d: Dist, run: RunDir, v, config, s: TrainSettings, data_dir: Path, manifest: dict, micro_batch: int, accum: int, chash: str, say: bool, compile_: bool = False):
         from ablate.model.lm import AblateForCausalLM
 
         self.d, self.run, self.v, self.config, self.s = d, run, v, config, s
@@ -261,7 +262,7 @@ class _Trainer:
         torch.manual_seed(s.seed)
         with torch.device(d.device):
             model = AblateForCausalLM(config)
-        self.model = parallelize(model, s, d)
+        self.model = parallelize(model, s, d, compile_)
         self.model.train()
         self.optimizer = build_optimizer(self.model, s, d.device)
         self.scheduler = build_scheduler(self.optimizer, s)
