@@ -143,3 +143,16 @@ def test_gpu_check_helpers_on_cpu():
                         {"variant": "table3-hymba", "params": 1.05e9, "skipped": "budget"}],
     })
     assert "| proxy-1gpu | 1 | complete | 100 | 9.000 | 4.500 |" in md and "| 556 |" in md and "failed: budget" in md
+
+
+def test_default_data_out_of_the_box(tmp_path, monkeypatch):
+    """No --data: the offline mix is prepared once into the cache (BPE of the model's vocab), then reused."""
+    monkeypatch.setenv("ABLATE_DATA_CACHE", str(tmp_path / "cache"))
+    r = run_training("table3-llama3", "tiny", out=tmp_path / "run", tokens=256, settings=dict(SMALL, eval_every=0, val_windows=2), quiet=True)
+    assert r.step == 2  # 256 tokens / (4 x 32 per step)
+    info = RunDir(r.run_dir).info()
+    assert info["data"]["dir"].startswith(str(tmp_path / "cache")) and info["data"]["tokenizer"]["spec"] == "bpe:256"
+    assert "python-stdlib" in info["data"]["source"] and "synthetic:mqar" in info["data"]["source"]
+    cached = list((tmp_path / "cache").iterdir())
+    r2 = run_training("table3-llama3", "tiny", out=tmp_path / "run2", steps=1, settings=dict(SMALL, eval_every=0, val_windows=2), quiet=True)
+    assert list((tmp_path / "cache").iterdir()) == cached and RunDir(r2.run_dir).info()["data"]["dir"] == info["data"]["dir"]
