@@ -44,7 +44,7 @@ def train_cmd(
     warmup: int = typer.Option(None, "--warmup", help="warmup steps"),
     seed: int = typer.Option(None, "--seed"),
     dtype: str = typer.Option(None, "--dtype", help="auto (bf16 autocast on GPU) | fp32 | bf16"),
-    compile: str = typer.Option(None, "--compile", help="auto (on GPU) | on | off"),
+    compile: str = typer.Option(None, "--compile", help="auto (one GPU, unless a kernel falls back to a Python-loop scan; off under FSDP) | on | off"),
     activation_checkpointing: bool = typer.Option(None, "--activation-checkpointing/--no-activation-checkpointing"),
     fsdp: str = typer.Option(None, "--fsdp", help="auto (under torchrun) | on | off"),
     eval_every: int = typer.Option(None, "--eval-every", help="val_loss every N steps (0: only at start and end)"),

@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gpus", type=int, default=1, choices=(1, 2))
     ap.add_argument("--budget-s", type=float, default=420, help="wall-clock budget of the whole command")
     ap.add_argument("--variant", default="hymba-1.5b", help="the proxy-scale variant trained")
-    ap.add_argument("--train-s", type=float, default=150, help="training seconds targeted for the proxy run")
+    ap.add_argument("--train-s", type=float, default=120, help="training seconds targeted for the proxy run")
     ap.add_argument("--paper-variants", default="table3-llama3,table3-hymba")
     ap.add_argument("--compile", default="off", choices=("auto", "on", "off"),
                     help="off (default: compile time does not fit the budget reliably), on, or auto (on unless a kernel falls back to a Python-loop reference scan)")
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
             if runner.left() < 60:
                 break
             gb = micro_b * 2 * args.gpus  # two micro steps per optimizer step: accumulation is exercised
-            run_args = ["--seq-len", big_seq, "--batch", gb, "--micro-batch", micro_b, "--steps", 8, "--compile", "off" if args.smoke else comp, "--lr", "3e-4", "--warmup", 2,
+            run_args = ["--seq-len", big_seq, "--batch", gb, "--micro-batch", micro_b, "--steps", 6, "--compile", "off" if args.smoke else comp, "--lr", "3e-4", "--warmup", 2,
                         "--eval-every", 0, "--set", "val_windows=0", "--set", "save_checkpoints=false", "--set", "export_model=false"]
             if ac:
                 run_args.append("--activation-checkpointing")

@@ -176,6 +176,7 @@ def _run(d: Dist, variant, scale, out, data, steps, tokens, resume, overrides, s
         return TrainResult(run.path, "complete", existing.get("step", s.steps), existing.get("tokens", 0), r.get("loss"), r.get("val_loss"), r.get("val_loss_initial"), r.get("tokens_per_s", 0.0), chash)
 
     # ---- the run ----
+    d.barrier()  # every rank has read the old run.json before rank 0 writes the new one
     info = {
         "variant": v.name,
         "scale": scale,
