@@ -73,6 +73,9 @@ def test_prepare_local_files_roundtrip(tmp_path):
     # a loaded (not trained) tokenizer: the one just saved, given as a directory
     m2 = prepare(str(src / "c.jsonl"), str(out / "tokenizer"), tmp_path / "p2", val_fraction=0, quiet=True)
     assert m2["tokenizer"]["kind"] != "bpe" and m2["splits"]["train"]["documents"] == 30
+    # a bare tokenizer.json (no tokenizer_config.json): its EOS is found by name
+    m3 = prepare(str(src / "c.jsonl"), str(out / "tokenizer" / "tokenizer.json"), tmp_path / "p3", val_fraction=0, quiet=True)
+    assert m3["tokenizer"]["eos_token"] == "<|endoftext|>" and m3["splits"]["train"]["tokens"] == m2["splits"]["train"]["tokens"]
 
 
 def test_prepare_failures_leave_nothing_behind(tmp_path):

@@ -90,13 +90,16 @@ def load_tokenizer(spec: str | Path):
                 f"(`hf download {spec}`) or pass a local directory, or use the offline default `bpe`"
             ) from None
     if tok.eos_token_id is None:
-        # a document separator is needed; fall back to the tokenizer's SEP or BOS if it has one
-        for name in ("sep_token", "bos_token"):
-            if getattr(tok, name, None) is not None:
-                tok.eos_token = getattr(tok, name)
-                break
-        else:
+        # a document separator is needed: a bare tokenizer.json does not say which token ends a
+        # document, so look for the usual names, then fall back to SEP or BOS
+        vocab = tok.get_vocab()
+        known = next((t for t in (EOS, "</s>", "<|end_of_text|>", "<eos>", "[SEP]") if t in vocab), None)
+        known = known or next((getattr(tok, n) for n in ("sep_token", "bos_token") if getattr(tok, n, None) is not None), None)
+        if known is None:
             raise DataError(f"tokenizer {spec!r}: has no EOS (or SEP/BOS) token to separate documents")
+        tok.eos_token = known
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
     tok.model_max_length = 10**9  # we pack sequences ourselves; silence length warnings
     return tok
 
