@@ -4,7 +4,8 @@ Each is the single-step case of a reference op in ``ablate.kernels`` (attention_
 causal_conv1d_ref, selective_scan_ref, ssd_scan_sequential_ref) written for decode: states are
 updated in place (so a CUDA graph can replay the step over fixed buffers), no Python depends on
 tensor values, and the work is a few memory-bound passes. tests/test_cache.py holds each against its
-reference. A fused kernel may replace any of them later behind the same contract.
+reference. The SSM state updates are ops with a fused Triton fast path
+(``ablate.model.decode_triton``), chosen like every kernel op (``ABLATE_<OP>_BACKEND``, else auto).
 """
 
 from __future__ import annotations
@@ -15,24 +16,25 @@ import torch
 import torch.nn.functional as F
 
 from ablate.kernels import MaskSpec
+from ablate.kernels.backend import op
+from ablate.kernels.triton.support import can_run
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, scale: float | None = None) -> torch.Tensor:
-    """q: (b, hq, 1, d); k: (b, hkv, lk, d); v: (b, hkv, lk, dv). GQA without repeating K/V: the
-    query heads of one group read their KV head once (a batched matmul over the cache). Scores and
-    softmax in fp32. Returns (b, hq, 1, dv)."""
+    """q: (b, hq, 1, d); k: (b, hkv, lk, d); v: (b, hkv, lk, dv). Returns (b, hq, 1, dv).
+
+    GQA without repeating K/V: the query heads of one group become query rows of their KV head, so
+    fused SDPA runs plain multi-head attention over each KV head read once. (SDPA's own
+    ``enable_gqa`` takes only the flash and math kernels; flash takes no mask, math materializes the
+    repeat.) The mask, one row per sequence, is the same for every row of the group."""
     b, hq, lq, d = q.shape
     if lq != 1:
         raise ValueError(f"decode_attention takes one query per sequence, got {lq}")
     hkv = k.shape[1]
-    group = hq // hkv
-    scale = scale if scale is not None else 1.0 / math.sqrt(d)
-    qg = q.reshape(b, hkv, group * lq, d)
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # (b, hkv, group, lk)
-    allowed = spec.dense()  # (lq, lk) or (b, 1, lq, lk)
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = scores.softmax(dim=-1).to(v.dtype)
-    return torch.matmul(probs, v).reshape(b, hq, lq, v.shape[-1])
+    qg = q.reshape(b, hkv, hq // hkv, d)
+    allowed = spec.dense()  # (1, lk) or (b, 1, 1, lk)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=allowed, scale=scale if scale is not None else 1.0 / math.sqrt(d))
+    return out.reshape(b, hq, 1, v.shape[-1])
 
 
 def conv_step(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = "silu") -> torch.Tensor:
@@ -50,7 +52,7 @@ def conv_step(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: 
     return y
 
 
-def selective_state_update(
+def selective_state_update_ref(
     state: torch.Tensor,
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -81,7 +83,7 @@ def selective_state_update(
     return y.to(dtype)
 
 
-def ssd_state_update(
+def ssd_state_update_ref(
     state: torch.Tensor,
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -105,3 +107,33 @@ def ssd_state_update(
     if D is not None:
         y = y + x32 * D.float()[:, None]
     return y.to(dtype)
+
+
+def _selective_triton(*args):
+    from ablate.model.decode_triton import selective_state_update_triton
+
+    return selective_state_update_triton(*args)
+
+
+def _ssd_triton(*args):
+    from ablate.model.decode_triton import ssd_state_update_triton
+
+    return ssd_state_update_triton(*args)
+
+
+_SELECTIVE_STEP = op("selective_state_update", selective_state_update_ref)
+_SELECTIVE_STEP.register("triton", _selective_triton, lambda state, u, *rest: can_run(state, u))
+_SSD_STEP = op("ssd_state_update", ssd_state_update_ref)
+_SSD_STEP.register("triton", _ssd_triton, lambda state, x, *rest: can_run(state, x))
+
+
+def selective_state_update(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, backend=None):
+    """One Mamba step, state updated in place; see ``selective_state_update_ref``."""
+    args = (state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return _SELECTIVE_STEP.choose(backend, *args)(*args)
+
+
+def ssd_state_update(state, x, dt, A, B, C, D=None, backend=None):
+    """One Mamba2 step, state updated in place; see ``ssd_state_update_ref``."""
+    args = (state, x, dt, A, B, C, D)
+    return _SSD_STEP.choose(backend, *args)(*args)
