@@ -102,7 +102,10 @@ def prepare(
         for doc_index, (i, (ids, origin)) in enumerate(mix(streams, [s.weight for s in sources], lambda item: len(item[0]))):
             if progress is not None and doc_index % 64 == 0:
                 progress[0].update(progress[1], completed=total)
-            to_val = doc_index > 0 and writers["val"].tokens < min(val_fraction * total, max_val_tokens)
+            # a document goes to validation while that split is under its share, if it does not
+            # overshoot it by half (one long file would otherwise make a small corpus's val split)
+            held = writers["val"].tokens
+            to_val = doc_index > 0 and held < min(val_fraction * total, max_val_tokens) and held + len(ids) <= 1.5 * min(val_fraction * (total + len(ids)), max_val_tokens)
             writers["val" if to_val else "train"].add(ids)
             per_source[i]["documents"] += 1
             per_source[i]["tokens"] += len(ids)
