@@ -3,7 +3,10 @@
 The same command line runs in one process or under torchrun::
 
     ablate train hymba-1.5b --scale tiny --steps 40 --out runs/h
-    torchrun --nproc-per-node 2 -m ablate.cli train hymba-1.5b --scale proxy --out runs/h2
+    torchrun --standalone --nproc-per-node 2 -m ablate.train hymba-1.5b --scale proxy --out runs/h2
+    # several nodes: the same on each node; --data and --out on a filesystem all nodes share
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        -m ablate.train table3-hymba --scale paper --data /shared/data --out /shared/runs/t3h
 """
 
 from __future__ import annotations
