@@ -5,6 +5,7 @@ Triton block, with an initial state, packed documents (seq_idx), B/C groups, and
 On a CPU machine the Triton kernels run under triton's interpreter (TRITON_INTERPRET=1, set here
 before triton is imported), so the shapes stay tiny."""
 
+import math
 import os
 
 import pytest
@@ -29,7 +30,9 @@ def _rel(a, b):
 def _inputs(b, l, h, p, g, n, dtype, init, docs, with_d):
     x = torch.randn(b, l, h, p, dtype=dtype)
     dt = torch.nn.functional.softplus(torch.randn(b, l, h) - 1.0)  # fp32, as the model passes it
-    A = -(torch.rand(h) * 2 + 0.1)
+    # A as the model initialises it (-1 .. -16): strong decays, where a decay gradient formed as a
+    # difference of two large sums loses every digit in bf16
+    A = -torch.exp(torch.rand(h) * math.log(16))
     B = torch.randn(b, l, g, n, dtype=dtype)
     C = torch.randn(b, l, g, n, dtype=dtype)
     D = torch.randn(h) if with_d else None
@@ -86,7 +89,7 @@ def test_triton_ssd_gradient_of_outputs_only():
 
 
 def test_triton_ssd_bf16_within_bf16_tolerance():
-    _check(2, 37, 4, 8, 2, 8, 16, dtype=torch.bfloat16, tol=1.5e-2)
+    _check(2, 37, 4, 8, 2, 8, 16, dtype=torch.bfloat16, tol=1e-2)
 
 
 def test_triton_ssd_documents_do_not_leak_state():

@@ -50,9 +50,10 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
     if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
+        out = tl.dot(a, b, input_precision="ieee")
     else:
-        return tl.dot(a, b)
+        out = tl.dot(a, b)
+    return out
 
 
 @triton.jit
@@ -178,7 +179,8 @@ def _pass_bwd_kernel(
 ):
     """The pass in reverse. In: grad[c] = the gradient reaching S0[c] from chunk c's outputs. Out, in
     place: grad[c] = the gradient of chunk c's own state (= G[c+1], the total gradient of S0[c+1]);
-    dinit = G[0]; dend[b, h, c, block] = partial <G[c+1], S0[c+1]>, the gradient of a_end[c]."""
+    dinit = G[0]; dend[b, h, c, block] = partial <G[c+1], decay[c] S0[c]>: the gradient that the
+    chunk's total decay exp(a_end) passes to every step of the chunk."""
     pid, bh = tl.program_id(0), tl.program_id(1)
     bi, h = bh // nheads, bh % nheads
     nblocks = tl.num_programs(0)
@@ -188,15 +190,15 @@ def _pass_bwd_kernel(
         g = tl.load(dfinal_ptr + bh * dim + offs, mask=ok, other=0.0).to(tl.float32)
     else:
         g = tl.zeros((BLOCK,), dtype=tl.float32)
-    s_next = tl.load(final_ptr + bh * dim + offs, mask=ok, other=0.0)
     for i in range(nchunks):
         c = nchunks - 1 - i
         at = ((bi * nchunks + c) * nheads + h) * dim + offs
-        tl.store(dend_ptr + (bh * nchunks + c) * nblocks + pid, tl.sum(g * s_next, axis=0))
+        decay = tl.load(decay_ptr + bh * nchunks + c)
+        s_c = tl.load(starts_ptr + at, mask=ok, other=0.0)
+        tl.store(dend_ptr + (bh * nchunks + c) * nblocks + pid, decay * tl.sum(g * s_c, axis=0))
         from_outputs = tl.load(grad_ptr + at, mask=ok, other=0.0)
         tl.store(grad_ptr + at, g, mask=ok)
-        g = from_outputs + tl.load(decay_ptr + bh * nchunks + c) * g
-        s_next = tl.load(starts_ptr + at, mask=ok, other=0.0)
+        g = from_outputs + decay * g
     tl.store(dinit_ptr + bh * dim + offs, g, mask=ok)
 
 
@@ -277,7 +279,7 @@ def _scan_kernel(
 @triton.jit
 def _scan_bwd_dx_kernel(
     cb_ptr, x_ptr, dt_ptr, acs_ptr, seq_ptr, b_ptr, dstates_ptr, d_ptr, dy_ptr,
-    dx_ptr, ddt_ptr, dd_ptr,
+    dx_ptr, ddt_ptr, dd_ptr, dsrc_ptr,
     seqlen, chunk, hdim, dstate, nchunks, heads_per_group, lpad,
     s_xb, s_xl, s_xh, s_xp,
     s_bb, s_bl, s_bg, s_bn,
@@ -288,7 +290,8 @@ def _scan_bwd_dx_kernel(
 ):
     """For BM source steps of one (batch, chunk, head), all channels (BP >= hdim):
     dxdt_s = sum_{t>=s} CB_ts exp(a_t - a_s) dy_t + exp(a_end - a_s) dStates B_s;
-    dx_s = dxdt_s dt_s + D dy_s; ddt[s] = <x_s, dxdt_s>; dd[s] = <x_s, dy_s>."""
+    dx_s = dxdt_s dt_s + D dy_s; ddt[s] = <x_s, dxdt_s>; dd[s] = <x_s, dy_s>; and
+    dsrc[s] = <xdt_s, exp(a_end - a_s) dStates B_s>, the gradient of the decay from s to the chunk end."""
     pid_m, pid_bc, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nheads = tl.num_programs(2)
     ngroups = nheads // heads_per_group
@@ -320,6 +323,9 @@ def _scan_bwd_dx_kernel(
     if HAS_SEQ:
         w_end = tl.where(seq_m == tl.load(seq_ptr + bi * lpad + t0 + chunk - 1), w_end, 0.0)
     acc = acc * w_end[:, None]
+    ok = ok_m[:, None] & ok_p[None, :]
+    xm = tl.load(x_ptr + bi * s_xb + h * s_xh + (t0 + offs_m)[:, None] * s_xl + offs_p[None, :] * s_xp, mask=ok, other=0.0).to(tl.float32)
+    tl.store(dsrc_ptr + row + offs_m, tl.sum(acc * xm, axis=1) * dt_m, mask=in_m)
 
     # through the outputs of later steps in the chunk: (CB o L)^T dy
     cb_base = cb_ptr + ((bi * nchunks + c) * ngroups + g) * chunk * chunk
@@ -338,8 +344,6 @@ def _scan_bwd_dx_kernel(
                       mask=ok_t[:, None] & ok_p[None, :], other=0.0)
         acc += _dot(wT.to(dyt.dtype), dyt, IEEE)
 
-    ok = ok_m[:, None] & ok_p[None, :]
-    xm = tl.load(x_ptr + bi * s_xb + h * s_xh + (t0 + offs_m)[:, None] * s_xl + offs_p[None, :] * s_xp, mask=ok, other=0.0).to(tl.float32)
     dym = tl.load(dy_ptr + bi * s_dyb + h * s_dyh + (t0 + offs_m)[:, None] * s_dyl + offs_p[None, :] * s_dyp, mask=ok, other=0.0).to(tl.float32)
     dx = acc * dt_m[:, None]
     if HAS_D:
@@ -352,8 +356,8 @@ def _scan_bwd_dx_kernel(
 
 @triton.jit
 def _scan_bwd_dc_kernel(
-    x_ptr, dt_ptr, acs_ptr, seq_ptr, prev_ptr, b_ptr, c_ptr, starts_ptr, dy_ptr,
-    dc_ptr, dacs_ptr,
+    cb_ptr, x_ptr, dt_ptr, acs_ptr, seq_ptr, prev_ptr, b_ptr, c_ptr, starts_ptr, dy_ptr,
+    dc_ptr, dstart_ptr, drect_ptr,
     seqlen, chunk, hdim, dstate, nchunks, heads_per_group, heads_per_split, lpad, nbatch,
     s_xb, s_xl, s_xh, s_xp,
     s_bb, s_bl, s_bg, s_bn,
@@ -363,8 +367,14 @@ def _scan_bwd_dc_kernel(
     BM: tl.constexpr, BS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
 ):
     """dC for BM target steps of one (batch, chunk, group), summed over a split of the group's heads
-    (a partial per split, summed by the caller); and each head's <C_t, dC_t^(h)>, its decay gradient.
-    Per head: dC_t = sum_{s<=t} (dy_t . xdt_s) exp(a_t - a_s) B_s + exp(a_t) dy_t^T S0."""
+    (a partial per split, summed by the caller). Per head: dC_t = sum_{s<=t} M_ts / CB_ts B_s +
+    exp(a_t) dy_t^T S0, with M_ts = (dy_t . xdt_s) CB_ts exp(a_t - a_s) (the gradient of step t's
+    output through its path from s).
+
+    Also the decay gradients that involve these rows, per head, without the cancellation of a
+    difference of two large sums: dstart[t] = <dy_t, exp(a_t) S0 C_t> (the entering state's decay,
+    summed over t >= r by the caller), and drect[block, r] = sum over this block's rows t >= r of
+    sum_{s<r} M_ts: dA_r lies on the path s -> t exactly when s < r <= t."""
     pid_m, pid_bc, pid_gs = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nsplit = heads_per_group // heads_per_split
     g, split = pid_gs // nsplit, pid_gs % nsplit
@@ -381,8 +391,8 @@ def _scan_bwd_dc_kernel(
     if HAS_SEQ:
         seq_m = tl.load(seq_ptr + bi * lpad + t0 + offs_m, mask=in_m, other=-1)
         same_prev = seq_m == tl.load(prev_ptr + bi * nchunks + c)
-    cm = tl.load(c_ptr + bi * s_cb + g * s_cg + (t0 + offs_m)[:, None] * s_cl + offs_n[None, :] * s_cn,
-                 mask=ok_m[:, None] & ok_n[None, :], other=0.0).to(tl.float32)
+    c_rows = c_ptr + bi * s_cb + g * s_cg + (t0 + offs_m)[:, None] * s_cl + offs_n[None, :] * s_cn
+    cb_base = cb_ptr + ((bi * nchunks + c) * ngroups + g) * chunk * chunk
     hi = tl.minimum(pid_m * BM + BM, chunk)
     total = tl.zeros((BM, BN), dtype=tl.float32)
     for i in range(heads_per_split):
@@ -397,6 +407,10 @@ def _scan_bwd_dc_kernel(
         if HAS_SEQ:
             enter = tl.where(same_prev, enter, 0.0)
         dch = _dot(dym, s0.to(dym.dtype), IEEE) * enter[:, None]
+        # C_t is re-read per head (from L2) rather than held in registers across the head loop
+        cm = tl.load(c_rows, mask=ok_m[:, None] & ok_n[None, :], other=0.0).to(tl.float32)
+        tl.store(dstart_ptr + row + offs_m, tl.sum(dch * cm, axis=1), mask=in_m)
+        carry = tl.zeros((BM,), dtype=tl.float32)  # sum of M_ts over the source blocks already seen
         for s0i in range(0, hi, BS):
             offs_s = s0i + tl.arange(0, BS)
             in_s = offs_s < chunk
@@ -414,7 +428,13 @@ def _scan_bwd_dc_kernel(
             bs = tl.load(b_ptr + bi * s_bb + g * s_bg + (t0 + offs_s)[:, None] * s_bl + offs_n[None, :] * s_bn,
                          mask=ok_s[:, None] & ok_n[None, :], other=0.0)
             dch += _dot(w.to(bs.dtype), bs, IEEE)
-        tl.store(dacs_ptr + row + offs_m, tl.sum(dch * cm, axis=1), mask=in_m)
+            # M_ts; the CB tile's upper triangle is unwritten memory, hence where() not a product
+            cbt = tl.load(cb_base + offs_m[:, None] * chunk + offs_s[None, :], mask=in_m[:, None] & in_s[None, :], other=0.0)
+            mts = tl.where(keep, w * cbt, 0.0)
+            before = tl.cumsum(mts, axis=1) - mts + carry[:, None]  # sum_{s<r} M_tr, per row t
+            carry += tl.sum(mts, axis=1)
+            rect = tl.sum(tl.where(offs_m[:, None] >= offs_s[None, :], before, 0.0), axis=0)
+            tl.store(drect_ptr + ((pid_m * nbatch + bi) * nheads + h) * lpad + t0 + offs_s, rect, mask=in_s)
         total += dch
     out = dc_ptr + (split * nbatch + bi) * seqlen * ngroups * dstate + g * dstate
     tl.store(out + (t0 + offs_m)[:, None] * ngroups * dstate + offs_n[None, :], total, mask=ok_m[:, None] & ok_n[None, :])
@@ -629,10 +649,11 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, D, initial_state, seq_idx, chunk_si
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     ddt_direct = torch.zeros(prep.b, prep.h, prep.lpad, device=x.device, dtype=torch.float32)
     dd_part = torch.zeros_like(ddt_direct)
+    dsrc = torch.zeros_like(ddt_direct)
     grid = (triton.cdiv(prep.chunk, bm), prep.b * prep.nchunks, prep.h)
     _scan_bwd_dx_kernel[grid](
         cb, x, prep.dt, prep.acs, prep.seq, B, dstates, D if D is not None else prep.dt, dy,
-        dx, ddt_direct, dd_part,
+        dx, ddt_direct, dd_part, dsrc,
         prep.l, prep.chunk, prep.p, prep.n, prep.nchunks, prep.hpg, prep.lpad,
         *x.stride(), *B.stride(), *dy.stride(), *dx.stride(),
         HAS_SEQ=prep.has_seq, HAS_D=D is not None,
@@ -641,13 +662,15 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, D, initial_state, seq_idx, chunk_si
 
     hps = _heads_per_split(prep.hpg)
     nsplit = prep.hpg // hps
-    dacs = torch.zeros(prep.b, prep.h, prep.lpad, device=x.device, dtype=torch.float32)
+    nblk = triton.cdiv(prep.chunk, bm)
+    dstart = torch.zeros(prep.b, prep.h, prep.lpad, device=x.device, dtype=torch.float32)
+    drect = torch.zeros(nblk, prep.b, prep.h, prep.lpad, device=x.device, dtype=torch.float32)
     dc_part = torch.empty(nsplit, prep.b, prep.l, prep.g, prep.n, device=x.device, dtype=torch.float32)
     db_part = torch.empty_like(dc_part)
-    grid = (triton.cdiv(prep.chunk, bm), prep.b * prep.nchunks, prep.g * nsplit)
+    grid = (nblk, prep.b * prep.nchunks, prep.g * nsplit)
     warps = 8 if bn * bm >= 128 * 64 else 4
     _scan_bwd_dc_kernel[grid](
-        x, prep.dt, prep.acs, prep.seq, prep.prev, B, C, starts, dy, dc_part, dacs,
+        cb, x, prep.dt, prep.acs, prep.seq, prep.prev, B, C, starts, dy, dc_part, dstart, drect,
         prep.l, prep.chunk, prep.p, prep.n, prep.nchunks, prep.hpg, hps, prep.lpad, prep.b,
         *x.stride(), *B.stride(), *C.stride(), *dy.stride(),
         HAS_SEQ=prep.has_seq, BM=bm, BS=bm, BP=bp, BN=bn, IEEE=prep.ieee, num_warps=warps,
@@ -659,11 +682,16 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, D, initial_state, seq_idx, chunk_si
         HAS_SEQ=prep.has_seq, BM=bm, BT=bm, BP=bp, BN=bn, IEEE=prep.ieee, num_warps=warps,
     )
 
-    # decays: target side (C . dC per head), source side (-xdt . dxdt), chunk ends (<G, S0>)
-    dacs = dacs - prep.dt * ddt_direct
-    dacs.view(prep.b, prep.h, prep.nchunks, prep.chunk)[..., -1] += dend.sum(-1)
-    # a = cumsum(dt * A) inside each chunk, so d(dt * A)_s = sum_{t >= s in the chunk} da_t
-    dda = dacs.view(prep.b, prep.h, prep.nchunks, prep.chunk).flip(-1).cumsum(-1).flip(-1).reshape(prep.b, prep.h, prep.lpad)
+    # the gradient of each step's log-decay dA_r = dt_r A (a sum of positive-weight paths, never a
+    # difference of two large sums, which bf16 operands would swamp): the entering state's decay
+    # reaches every output t >= r; the decay to the chunk end, every source s < r; the chunk's total
+    # decay, every r; in-chunk paths s -> t with s < r <= t (summed by the dC kernel)
+    shape = (prep.b, prep.h, prep.nchunks, prep.chunk)
+    start_part = dstart.view(shape).flip(-1).cumsum(-1).flip(-1)
+    src = dsrc.view(shape)
+    src_part = src.cumsum(-1) - src
+    dda = start_part + src_part + drect.sum(0).view(shape) + dend.sum(-1)[..., None]
+    dda = dda.reshape(prep.b, prep.h, prep.lpad)
     ddt = (ddt_direct + dda * A.float()[None, :, None])[:, :, : prep.l].transpose(1, 2).contiguous()
     dA = (dda * prep.dt).sum((0, 2))
     dD = dd_part.sum((0, 2)) if D is not None else None
