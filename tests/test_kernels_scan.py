@@ -102,6 +102,14 @@ def test_scan_initial_state_and_documents(interpreted, length):
     _check(_inputs(2, 6, 3, length, h0=True, docs=True, seed=3), torch.float32, 1e-5)
 
 
+@pytest.mark.parametrize("segments", [2, 5])
+def test_scan_split_sequence(interpreted, monkeypatch, segments):
+    # the forward in segments (final state of each from zero, then the state entering each, then
+    # all in parallel); documents and the initial state cross segment boundaries
+    monkeypatch.setenv("ABLATE_SCAN_SEGMENTS", str(segments))
+    _check(_inputs(1, 6, 3, 37, h0=True, docs=True, seed=13), torch.float32, 1e-5)
+
+
 def test_scan_without_gate_skip_bias_softplus(interpreted):
     _check(_inputs(1, 9, 4, 21, full=False, h0=True, seed=5), torch.float32, 1e-5)
 

@@ -45,6 +45,11 @@ import torch.nn.functional as F
 HBM_BYTES_PER_S = 3.0e12
 BF16_FLOPS_PER_S = 772e12
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
+_DEADLINE = [math.inf]  # perf_counter() after which no new check or timing starts (--budget-s)
+
+
+def out_of_time() -> bool:
+    return time.perf_counter() > _DEADLINE[0]
 
 
 @dataclass
@@ -206,6 +211,13 @@ def default_cases() -> list[Case]:
             parity=conv_parity, state_outputs=(1,),
         ),
         Case(
+            "ssd", "ssd", {"B": 4, "T": 8192, "H": 32, "K": 128, "V": 64, "G": 32}, make_ssd,
+            grads=(0, 1, 2, 3, 4, 5, 6), bytes_fwd=ssd_bytes, bytes_bwd=ssd_bwd, flops_fwd=ssd_flops,
+            flops_bwd=lambda s: 2 * ssd_flops(s),
+            anchors=[Anchor("fla-core chunk_simple_gla (fwd only on this image)", 0.86)],
+            parity=ssd_parity, ref_shape={"B": 4, "T": 2048, "H": 32, "K": 128, "V": 64, "G": 32}, fp32_tol=1e-3,
+        ),
+        Case(
             "attention/causal", "attention", {"B": 4, "H": 16, "L": 8192, "D": 64}, make_attention,
             grads=(0, 1, 2), bytes_fwd=att_bytes, bytes_bwd=att_bwd, flops_fwd=att_flops,
             flops_bwd=lambda s: 2.5 * att_flops(s),
@@ -222,13 +234,6 @@ def default_cases() -> list[Case]:
             flops_bwd=lambda s: 2.5 * att_flops(s),
             anchors=[Anchor("FlexAttention SWA 1024 + 128 meta", 0.60, 2.65)],
             ref_shape={"B": 4, "H": 16, "L": 2048, "D": 64, "window": 1024, "meta": 128}, fp32_tol=1e-3,
-        ),
-        Case(
-            "ssd", "ssd", {"B": 4, "T": 8192, "H": 32, "K": 128, "V": 64, "G": 32}, make_ssd,
-            grads=(0, 1, 2, 3, 4, 5, 6), bytes_fwd=ssd_bytes, bytes_bwd=ssd_bwd, flops_fwd=ssd_flops,
-            flops_bwd=lambda s: 2 * ssd_flops(s),
-            anchors=[Anchor("fla-core chunk_simple_gla (fwd only on this image)", 0.86)],
-            parity=ssd_parity, ref_shape={"B": 4, "T": 2048, "H": 32, "K": 128, "V": 64, "G": 32}, fp32_tol=1e-3,
         ),
     ]
 
@@ -340,6 +345,10 @@ def parity(cases: list[Case], device: torch.device, seed: int, log) -> list[dict
     for case in cases:
         impls = implementations(case.op)
         for shape, variant in case.parity:
+            if out_of_time():
+                rows.append({"op": case.name, "impl": "*", "dtype": "*", "shape": case.label(shape), "variant": variant,
+                             "worst": float("nan"), "tol": 0.0, "status": "SKIP", "errors": {}, "error": "time budget"})
+                continue
             g.manual_seed(seed + len(rows))
             base = case.make(shape, variant, device, g)
             # values representable in bf16, so fp32, bf16 and the fp64 reference see the same inputs
@@ -358,6 +367,10 @@ def parity(cases: list[Case], device: torch.device, seed: int, log) -> list[dict
                         continue
                     if impl == "reference" and dtype == torch.float32:
                         continue  # fp32 reference vs fp64 reference says little; its bf16 error is context
+                    if out_of_time():
+                        rows.append({"op": case.name, "impl": impl, "dtype": str(dtype).replace("torch.", ""), "shape": case.label(shape),
+                                     "variant": variant, "worst": float("nan"), "tol": 0.0, "status": "SKIP", "errors": {}, "error": "time budget"})
+                        continue
                     exempt = impl in case.state_grad_exempt
                     outputs = tuple(i for i in range(len(cot)) if not (exempt and i in case.state_outputs))
                     if exempt and ref_main is None:
@@ -468,6 +481,8 @@ def bench(cases: list[Case], device, seed: int, log) -> list[dict]:
             g.manual_seed(seed)
             t0 = time.perf_counter()
             try:
+                if out_of_time():
+                    raise TimeoutError("time budget")
                 res = measure(case, impl, fn, shape, device, g)
             except torch.cuda.OutOfMemoryError:
                 res = {"skipped": "out of memory"}
@@ -503,9 +518,11 @@ def _bench_line(r: dict) -> str:
 # launch-configuration sweep of this module's own Triton kernels
 
 
-SCAN_FWD = ["8,16,2", "16,16,4", "16,16,2", "32,16,4", "8,32,2", "8,8,2", "16,8,4"]
-SCAN_BWD = ["16,4,1", "32,4,1", "16,4,0", "8,2,0", "32,8,1"]  # (BLOCK_D, warps, dot) at the fwd's T
-CONV = ["64,64,4", "128,32,4", "32,64,4", "64,32,4", "64,128,8"]
+SWEPT_OPS = {"selective_scan", "conv1d"}
+SCAN_FWD = ["8,16,2", "16,16,4", "16,16,2", "8,32,2", "8,8,2"]
+SCAN_SEGMENTS = ["1", "2", "4", "8"]
+SCAN_BWD = {16: ["16,4,1", "32,4,1", "16,4,0", "16,8,1"], 8: ["16,4,1", "32,4,1"]}  # T -> (BLOCK_D, warps, dot)
+CONV = ["64,64,4", "128,32,4", "64,64,8"]
 
 
 @contextlib.contextmanager
@@ -531,6 +548,8 @@ def sweep(cases: list[Case], device, seed: int, log) -> list[dict]:
         g.manual_seed(seed)
         with env(**envs):
             try:
+                if out_of_time():
+                    raise TimeoutError("time budget")
                 res = measure(case, "triton", implementations(case.op)["triton"], case.shape, device, g, backward=backward)
             except Exception as e:
                 res = {"skipped": f"{type(e).__name__}: {e}"[:200]}
@@ -542,8 +561,10 @@ def sweep(cases: list[Case], device, seed: int, log) -> list[dict]:
         case = by_op["selective_scan"]
         for cfg in SCAN_FWD:
             one(case, f"fwd {cfg}", False, ABLATE_SCAN_FWD_CONFIG=cfg)
-        for t in (16, 8):
-            for cfg in SCAN_BWD:
+        for seg in SCAN_SEGMENTS:
+            one(case, f"fwd {SCAN_FWD[0]} segments {seg}", False, ABLATE_SCAN_FWD_CONFIG=SCAN_FWD[0], ABLATE_SCAN_SEGMENTS=seg)
+        for t, bwd_cfgs in SCAN_BWD.items():
+            for cfg in bwd_cfgs:
                 one(case, f"fwd 8,{t},2 bwd {cfg}", True, ABLATE_SCAN_FWD_CONFIG=f"8,{t},2", ABLATE_SCAN_BWD_CONFIG=cfg)
     if "conv1d" in by_op and "triton" in implementations("conv1d"):
         case = by_op["conv1d"]
@@ -609,16 +630,115 @@ def environment(args) -> dict:
     return info
 
 
+# ---------------------------------------------------------------------------------------------
+# offline compile check (no GPU): every constexpr variant of this module's Triton kernels for sm_90,
+# with ptxas's resource report. The CPU interpreter runs kernels as Python and misses compile-time
+# errors (a loop-carried value changing type, say); this catches them before GPU time is spent.
+
+
+def _compile_sm90(kernel, constexprs: dict, ptr_types: dict, num_warps: int, not_divisible=()) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    sig = {n: "constexpr" if n in constexprs else ("*" + ptr_types.get(n, "fp32") if n.endswith("_ptr") else "i32") for n in names}
+    # what the JIT assumes at run time for pointers and sizes divisible by 16
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in constexprs and n not in not_divisible}
+    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    info = {"n_regs": None, "spill_bytes": None}
+    try:  # ptxas's report, through cuobjdump next to the bundled ptxas
+        import re
+        import tempfile
+
+        tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(compiled.asm["cubin"])
+            f.flush()
+            out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+        if m:
+            info = {"n_regs": int(m.group(1)), "spill_bytes": int(m.group(2))}
+    except Exception:
+        pass
+    return info
+
+
+def compile_check(log) -> list[dict]:
+    import itertools
+
+    from ablate.kernels.triton import conv1d as cv
+    from ablate.kernels.triton import selective_scan as sc
+
+    rows = []
+    lengths = ("length", "nchunks", "chunks_per_seg", "tiles_per_prog", "nseg")
+
+    # the model's layout: channels are the contiguous axis, which the JIT specializes to 1
+    unit = {"s_ud", "s_td", "s_zd", "s_yd", "s_Bn", "s_Cn", "s_An", "s_gd", "s_dud", "s_dtd", "s_dzd", "s_dBn", "s_dCn",
+            "s_xc", "s_yc", "s_wk", "s_gc", "s_dxc"}
+
+    def one(name, kernel, constexprs, ptrs, warps):
+        constexprs = {**{a: 1 for a in kernel.arg_names if a in unit}, **constexprs}
+        t0 = time.perf_counter()
+        try:
+            info = _compile_sm90(kernel, constexprs, ptrs, warps, lengths)
+            row = {"kernel": name, "ok": True, **info}
+        except Exception as e:
+            row = {"kernel": name, "ok": False, "error": f"{type(e).__name__}: {e}"[-400:]}
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        log(("ok  " if row["ok"] else "FAIL") + f" {name}" + (f"  regs {row['n_regs']} spill {row['spill_bytes']} B" if row["ok"] else f"  {row['error']}"))
+
+    for dt in ("bf16", "fp32"):
+        io = {k: dt for k in ("u_ptr", "dt_ptr", "z_ptr", "y_ptr", "B_ptr", "C_ptr", "D_ptr", "bias_ptr", "h0_ptr", "dy_ptr", "du_ptr", "ddt_ptr", "dz_ptr")}
+        io["seq_ptr"] = "i64"
+        for (bd, t, w), bn in itertools.product([sc.fwd_config(16)], (16, 8)):
+            for full, extras, store, segmented in itertools.product((True, False), (True, False), (True, False), (True, False)):
+                c = dict(HAS_D=full, HAS_Z=full, HAS_BIAS=full, SOFTPLUS=full, HAS_H0=extras, HAS_SEQ=extras, STORE_CK=store, SEGMENTED=segmented, BLOCK_D=bd, BLOCK_N=bn, T=t)
+                one(f"scan fwd {dt} n{bn} full={full} h0+seq={extras} store={store} seg={segmented}", sc._scan_fwd_kernel, c, io, w)
+            for extras in (True, False):
+                c = dict(HAS_BIAS=True, SOFTPLUS=True, HAS_SEQ=extras, BLOCK_D=bd, BLOCK_N=bn, T=t)
+                one(f"scan segment-state {dt} n{bn} seq={extras}", sc._segment_state_kernel, c, io, w)
+            bbd, bw, dot = sc.bwd_config(bn, t)
+            for full, extras in itertools.product((True, False), (True, False)):
+                c = dict(HAS_D=full, HAS_Z=full, HAS_BIAS=full, SOFTPLUS=full, HAS_SEQ=extras, HAS_DHL=extras, DOT_REDUCE=dot,
+                         DOT_PRECISION="tf32x3" if dt == "fp32" else "tf32", FLIP_SCAN=True, BLOCK_D=bbd, BLOCK_N=bn, T=t)
+                one(f"scan bwd {dt} n{bn} full={full} seq+dhl={extras} dot={dot}", sc._scan_bwd_kernel, c, io, bw)
+        one("scan segment-combine", sc._segment_combine_kernel, dict(HAS_H0=True, BLOCK=256), {"h0_ptr": dt}, 4)
+        cio = {k: dt for k in ("x_ptr", "w_ptr", "b_ptr", "init_ptr", "y_ptr", "dy_ptr", "dx_ptr", "dinit_ptr")}
+        cio["seq_ptr"] = "i64"
+        bc, bl, w = cv.fwd_config()
+        for k, extras in itertools.product((4, 2, 8), (True, False)):
+            c = dict(K=k, HAS_BIAS=True, SILU=True, HAS_INIT=extras, HAS_SEQ=extras, BLOCK_C=bc, BLOCK_L=bl)
+            one(f"conv fwd {dt} k{k} init+seq={extras}", cv._conv_fwd_kernel, c, cio, w)
+        for k, extras in itertools.product((4, 2, 8), (True, False)):
+            bc, bl, w = cv.bwd_config(extras)
+            c = dict(K=k, KP=max(1, 1 << (k - 1).bit_length()), HAS_BIAS=True, SILU=True, HAS_INIT=extras, HAS_SEQ=extras, INIT_GRAD=extras, BLOCK_C=bc, BLOCK_L=bl)
+            one(f"conv bwd {dt} k{k} init+seq={extras}", cv._conv_bwd_kernel, c, cio, w)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ablate.bench.kernels", description=__doc__.split("\n\n")[0])
     p.add_argument("--parity", action="store_true")
     p.add_argument("--bench", action="store_true")
     p.add_argument("--sweep", action="store_true")
+    p.add_argument("--compile-check", action="store_true", help="compile this module's Triton kernels for sm_90 offline (no GPU needed)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--ops", default="", help="comma-separated case names (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    p.add_argument("--budget-s", type=float, default=0.0, help="start no new check or timing after this many seconds (0: no limit)")
     args = p.parse_args(argv)
+    if args.compile_check:
+        args.out.mkdir(parents=True, exist_ok=True)
+        rows = compile_check(print)
+        (args.out / "compile_check.json").write_text(json.dumps(rows, indent=1))
+        bad = [r for r in rows if not r["ok"]]
+        spills = [r for r in rows if r.get("spill_bytes")]
+        print(f"COMPILE {len(rows) - len(bad)}/{len(rows)} ok for sm_90; {len(spills)} with register spills")
+        return 1 if bad else 0
     if not (args.parity or args.bench or args.sweep):
         args.parity = args.bench = True
 
@@ -644,25 +764,34 @@ def main(argv: list[str] | None = None) -> int:
     info = environment(args)
     (args.out / "env.json").write_text(json.dumps(info, indent=2))
     log(f"{info['device']} torch {info['torch']} triton {info['triton']} mamba_ssm {info['mamba_ssm']} causal_conv1d {info['causal_conv1d']}")
+    if args.budget_s > 0:
+        _DEADLINE[0] = t_start + args.budget_s
     par_rows, bench_rows, sweep_rows = [], [], []
-    if args.parity:
-        par_rows = parity(cases, device, args.seed, log)
-        (args.out / "parity.json").write_text(json.dumps(par_rows, indent=1))
-        (args.out / "parity.md").write_text(_md_parity(par_rows))
-    if args.bench:
-        bench_rows = bench(cases, device, args.seed, log)
-        (args.out / "bench.json").write_text(json.dumps(bench_rows, indent=1))
-        (args.out / "bench.md").write_text(_md_bench(bench_rows))
-    if args.sweep:
-        sweep_rows = sweep(cases, device, args.seed, log)
-        (args.out / "sweep.json").write_text(json.dumps(sweep_rows, indent=1))
+    # case by case (parity, then timing), so a time budget cuts whole ops at the end of the list
+    # rather than every op's timings
+    swept = {c.name for c in cases} & SWEPT_OPS
+    for case in cases:
+        if args.parity:
+            par_rows += parity([case], device, args.seed, log)
+            (args.out / "parity.json").write_text(json.dumps(par_rows, indent=1))
+            (args.out / "parity.md").write_text(_md_parity(par_rows))
+        if args.bench:
+            bench_rows += bench([case], device, args.seed, log)
+            (args.out / "bench.json").write_text(json.dumps(bench_rows, indent=1))
+            (args.out / "bench.md").write_text(_md_bench(bench_rows))
+        swept.discard(case.name)
+        if args.sweep and not swept and not sweep_rows:  # right after the ops it tunes
+            sweep_rows = sweep(cases, device, args.seed, log) or [{}]
+            (args.out / "sweep.json").write_text(json.dumps(sweep_rows, indent=1))
+    sweep_rows = [r for r in sweep_rows if r]
 
     # the compact table, last
     print()
     if par_rows:
-        checked = [r for r in par_rows if r["status"] != "INFO"]
+        checked = [r for r in par_rows if r["status"] in ("PASS", "FAIL")]
         fails = [r for r in checked if r["status"] == "FAIL"]
-        print(f"PARITY {len(checked) - len(fails)}/{len(checked)} PASS")
+        skipped = sum(r["status"] == "SKIP" for r in par_rows)
+        print(f"PARITY {len(checked) - len(fails)}/{len(checked)} PASS" + (f", {skipped} skipped (time budget)" if skipped else ""))
         by = {}
         for r in checked:
             k = (r["op"], r["impl"], r["dtype"])

@@ -70,7 +70,7 @@ def _load_chunk(
     t, mt, md, mn,
     s_ul, s_tl, s_zl, s_Bn, s_Bl, s_Cn, s_Cl, s_sl,
     offs_n,
-    HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, NEED_C: tl.constexpr = True,
 ):
     """One chunk's inputs, fp32: u, dt, z (T, BLOCK_D); B, C (T, BLOCK_N); keep (T,)."""
     m2 = mt[:, None] & md[None, :]
@@ -82,7 +82,10 @@ def _load_chunk(
     else:
         z = u
     Bt = tl.load(B_row + t[:, None] * s_Bl + offs_n[None, :] * s_Bn, mask=mb, other=0.0).to(tl.float32)
-    Ct = tl.load(C_row + t[:, None] * s_Cl + offs_n[None, :] * s_Cn, mask=mb, other=0.0).to(tl.float32)
+    if NEED_C:
+        Ct = tl.load(C_row + t[:, None] * s_Cl + offs_n[None, :] * s_Cn, mask=mb, other=0.0).to(tl.float32)
+    else:
+        Ct = Bt
     if HAS_SEQ:
         # the state carries into t when t continues t-1's document; position 0 always carries
         # (an initial state belongs to the first document); padding loads 0 == 0 and carries
@@ -97,17 +100,21 @@ def _load_chunk(
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr,
-    y_ptr, hlast_ptr, hck_ptr,
-    dim, length, dstate, nchunks,
+    y_ptr, hlast_ptr, hck_ptr, hseg_ptr,
+    dim, length, dstate, nchunks, chunks_per_seg,
     s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_Ad, s_An,
     s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_zb, s_zd, s_zl,
     s_yb, s_yd, s_yl, s_hb, s_hd, s_hn, s_sb, s_sl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, STORE_CK: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, STORE_CK: tl.constexpr, SEGMENTED: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr,
 ):
+    """y and the final state; with SEGMENTED, program (d block, batch, segment) covers the chunks of
+    one segment from the state ``_segment_combine_kernel`` computed for its start."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    seg = tl.program_id(2)
+    nseg = tl.num_programs(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     offs_t = tl.arange(0, T)
@@ -120,10 +127,18 @@ def _scan_fwd_kernel(
         bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_H0:
-        h = tl.load(h0_ptr + pid_b * s_hb + offs_n[:, None] * s_hn + offs_d[None, :] * s_hd, mask=mnd, other=0.0).to(tl.float32)
+    state_tile = offs_n[:, None] + offs_d[None, :] * dstate  # (b, [chunk or segment,] d, n) storage
+    if SEGMENTED:
+        h = tl.load(hseg_ptr + (pid_b * nseg + seg) * dim * dstate + state_tile, mask=mnd, other=0.0)
+        c0 = seg * chunks_per_seg
+        c1 = tl.minimum(c0 + chunks_per_seg, nchunks)
     else:
-        h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        if HAS_H0:
+            h = tl.load(h0_ptr + pid_b * s_hb + offs_n[:, None] * s_hn + offs_d[None, :] * s_hd, mask=mnd, other=0.0).to(tl.float32)
+        else:
+            h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        c0 = 0
+        c1 = nchunks
 
     u_row = u_ptr + pid_b * s_ub + offs_d[None, :] * s_ud
     dt_row = dt_ptr + pid_b * s_tb + offs_d[None, :] * s_td
@@ -132,20 +147,19 @@ def _scan_fwd_kernel(
     B_row = B_ptr + pid_b * s_Bb
     C_row = C_ptr + pid_b * s_Cb
     seq_row = seq_ptr + pid_b * s_sb
-    state_tile = offs_n[:, None] + offs_d[None, :] * dstate  # (b, [chunk,] d, n) storage
     ck_tile = hck_ptr + pid_b * nchunks * dim * dstate + state_tile
     first = (offs_t == 0)[:, None, None]
     last = (offs_t == T - 1)[:, None, None]
 
     # software prefetch: the next chunk's loads are issued before this chunk's arithmetic, so their
     # latency hides behind it (few programs per SM at the anchor shape: occupancy cannot hide it)
-    t = offs_t
+    t = c0 * T + offs_t
     mt = t < length
     u, dt, z, Bt, Ct, keep = _load_chunk(
         u_row, dt_row, z_row, B_row, C_row, seq_row, t, mt, md, mn,
         s_ul, s_tl, s_zl, s_Bn, s_Bl, s_Cn, s_Cl, s_sl, offs_n, HAS_Z, HAS_SEQ,
     )
-    for c in range(nchunks):
+    for c in range(c0, c1):
         tn = t + T
         mtn = tn < length
         u_n, dt_n, z_n, B_n, C_n, keep_n = _load_chunk(
@@ -165,7 +179,7 @@ def _scan_fwd_kernel(
             dA = tl.where(keep[:, None, None], dA, 0.0)
         x = (dt * u)[:, None, :] * Bt[:, :, None]
         x = tl.where(first, x + dA * h[None, :, :], x)  # fold the carried state into step 0
-        _, hs = tl.associative_scan((dA, x), 0, _combine)
+        _acum, hs = tl.associative_scan((dA, x), 0, _combine)
         y = tl.sum(hs * Ct[:, :, None], axis=1)
         h = tl.sum(tl.where(last, hs, 0.0), axis=0)
         if HAS_D:
@@ -175,7 +189,101 @@ def _scan_fwd_kernel(
         tl.store(y_row + t[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
         t, mt = tn, mtn
         u, dt, z, Bt, Ct, keep = u_n, dt_n, z_n, B_n, C_n, keep_n
-    tl.store(hlast_ptr + pid_b * dim * dstate + state_tile, h, mask=mnd)
+    tl.store(hlast_ptr + pid_b * dim * dstate + state_tile, h, mask=mnd & (seg == nseg - 1))
+
+
+@triton.jit
+def _mul(a, b):
+    return a * b
+
+
+@triton.jit
+def _segment_state_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, S_ptr, P_ptr,
+    dim, length, dstate, nchunks, chunks_per_seg,
+    s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_Ad, s_An, s_Bb, s_Bn, s_Bl, s_sb, s_sl,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr,
+):
+    """Pass 1 of the split-sequence forward: per (d block, batch, segment), the state a segment
+    ends in when it starts from zero (S) and the product of its decays (P), so that
+    state_after = P * state_before + S. Reads u, dt and B only; no y."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    seg = tl.program_id(2)
+    nseg = tl.num_programs(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, T)
+    md = offs_d < dim
+    mn = offs_n < dstate
+    mnd = mn[:, None] & md[None, :]
+    A2 = tl.load(A_ptr + offs_n[:, None] * s_An + offs_d[None, :] * s_Ad, mask=mnd, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    u_row = u_ptr + pid_b * s_ub + offs_d[None, :] * s_ud
+    dt_row = dt_ptr + pid_b * s_tb + offs_d[None, :] * s_td
+    B_row = B_ptr + pid_b * s_Bb
+    seq_row = seq_ptr + pid_b * s_sb
+    first = (offs_t == 0)[:, None, None]
+    last = (offs_t == T - 1)[:, None, None]
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    p = tl.full((BLOCK_N, BLOCK_D), 1.0, tl.float32)
+    c0 = seg * chunks_per_seg
+    t = c0 * T + offs_t
+    mt = t < length
+    u, dt, _z, Bt, _c, keep = _load_chunk(
+        u_row, dt_row, u_row, B_row, B_row, seq_row, t, mt, md, mn,
+        s_ul, s_tl, s_ul, s_Bn, s_Bl, s_Bn, s_Bl, s_sl, offs_n, False, HAS_SEQ, False,
+    )
+    for c in range(c0, tl.minimum(c0 + chunks_per_seg, nchunks)):
+        tn = t + T
+        mtn = tn < length
+        u_n, dt_n, _zn, B_n, _cn, keep_n = _load_chunk(
+            u_row, dt_row, u_row, B_row, B_row, seq_row, tn, mtn, md, mn,
+            s_ul, s_tl, s_ul, s_Bn, s_Bl, s_Bn, s_Bl, s_sl, offs_n, False, HAS_SEQ, False,
+        )
+        m2 = mt[:, None] & md[None, :]
+        if HAS_BIAS:
+            dt = dt + bias[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(m2, dt, 0.0)
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
+        if HAS_SEQ:
+            dA = tl.where(keep[:, None, None], dA, 0.0)
+        x = (dt * u)[:, None, :] * Bt[:, :, None]
+        x = tl.where(first, x + dA * h[None, :, :], x)
+        _acum, hs = tl.associative_scan((dA, x), 0, _combine)
+        h = tl.sum(tl.where(last, hs, 0.0), axis=0)
+        p = p * tl.reduce(dA, 0, _mul)
+        t, mt = tn, mtn
+        u, dt, Bt, keep = u_n, dt_n, B_n, keep_n
+    out = (pid_b * nseg + seg) * dim * dstate + offs_n[:, None] + offs_d[None, :] * dstate
+    tl.store(S_ptr + out, h, mask=mnd)
+    tl.store(P_ptr + out, p, mask=mnd)
+
+
+@triton.jit
+def _segment_combine_kernel(
+    S_ptr, P_ptr, h0_ptr, H_ptr, dim, dstate, nseg, s_hb, s_hd, s_hn,
+    HAS_H0: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Pass 2: the state entering every segment, H[s + 1] = P[s] H[s] + S[s], H[0] = the initial
+    state; a short sequential loop over segments per (batch, state element)."""
+    pid = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    m = offs < dim * dstate
+    if HAS_H0:
+        d, n = offs // dstate, offs % dstate
+        h = tl.load(h0_ptr + pid_b * s_hb + d * s_hd + n * s_hn, mask=m, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK,), dtype=tl.float32)
+    for sg in range(nseg):
+        base = (pid_b * nseg + sg) * dim * dstate + offs
+        tl.store(H_ptr + base, h, mask=m)
+        h = tl.load(P_ptr + base, mask=m, other=0.0) * h + tl.load(S_ptr + base, mask=m, other=0.0)
 
 
 @triton.jit
@@ -252,7 +360,7 @@ def _scan_bwd_kernel(
     )
     m2 = mt[:, None] & md[None, :]
     dout = tl.load(dy_row + t[:, None] * s_gl, mask=m2, other=0.0).to(tl.float32)
-    for _ in range(nchunks):
+    for _it in range(nchunks):
         # prefetch the previous chunk (before chunk 0 every mask is off and nothing is read)
         tp = t - T
         mtp = (tp < length) & (tp >= 0)
@@ -279,7 +387,7 @@ def _scan_bwd_kernel(
             dA = tl.where(keep[:, None, None], dA, 0.0)
         dtu = dtv * u
         x = dtu[:, None, :] * Bt[:, :, None]
-        _, hs = tl.associative_scan((dA, tl.where(first, x + dA * h0[None, :, :], x)), 0, _combine)
+        _acum, hs = tl.associative_scan((dA, tl.where(first, x + dA * h0[None, :, :], x)), 0, _combine)
 
         # through the gate and the skip
         if HAS_Z:
@@ -301,10 +409,10 @@ def _scan_bwd_kernel(
         if FLIP_SCAN:
             # Triton 3.6 lowers reverse=True with lane shuffles even along an in-thread axis (~14 per
             # element on sm_90); flipping the in-thread axis is register renaming
-            _, g, _ = tl.associative_scan((ones, tl.flip(cg, 0), tl.flip(dA, 0)), 0, _combine_adjoint)
+            _pcum, g, _fcum = tl.associative_scan((ones, tl.flip(cg, 0), tl.flip(dA, 0)), 0, _combine_adjoint)
             g = tl.flip(g, 0)
         else:
-            _, g, _ = tl.associative_scan((ones, cg, dA), 0, _combine_adjoint, reverse=True)
+            _pcum, g, _fcum = tl.associative_scan((ones, cg, dA), 0, _combine_adjoint, reverse=True)
         g_carry = tl.sum(tl.where(first, g * dA, 0.0), axis=0)  # dL/d(state entering this chunk)
 
         mb = mt[:, None] & mn[None, :]
@@ -369,6 +477,20 @@ def fwd_config(dstate: int) -> tuple[int, int, int]:
     return 8, 8, 4
 
 
+def segments(programs: int, nchunks: int, device: torch.device) -> int:
+    """How many pieces the forward splits the sequence into. One program per (batch, channel block)
+    leaves SMs idle when batch x dim is small (256 programs at the anchor shape); splitting costs a
+    first pass over u, dt, B (~60% of the main pass), so it is used only below 2 programs per SM.
+    ``ABLATE_SCAN_SEGMENTS`` overrides."""
+    env = os.environ.get("ABLATE_SCAN_SEGMENTS")
+    if env:
+        return max(1, min(int(env), nchunks))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    if programs >= 2 * sms:
+        return 1
+    return max(1, min(triton.cdiv(4 * sms, programs), nchunks // 4))
+
+
 def bwd_config(dstate: int, T: int) -> tuple[int, int, bool]:
     """(BLOCK_D, num_warps, reduce over channels with tl.dot); its T is the forward's (the saved states
     are per chunk). ``ABLATE_SCAN_BWD_CONFIG="BLOCK_D,warps,dot"`` overrides."""
@@ -404,18 +526,41 @@ class _SelectiveScan(torch.autograd.Function):
         hck = torch.empty(batch, nchunks, dim, dstate, device=u.device, dtype=torch.float32) if store else hlast
         dummy = u
         h0 = initial_state if initial_state is not None else dummy
-        grid = (triton.cdiv(dim, BLOCK_D), batch)
-        _scan_fwd_kernel[grid](
+        seq = seq_idx if seq_idx is not None else dummy
+        seq_strides = seq_idx.stride() if seq_idx is not None else (0, 0)
+        flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq_idx is not None)
+        dblocks = triton.cdiv(dim, BLOCK_D)
+        nseg = segments(batch * dblocks, nchunks, u.device)
+        per_seg = triton.cdiv(nchunks, nseg)
+        nseg = triton.cdiv(nchunks, per_seg)
+        hseg = dummy
+        if nseg > 1:
+            # split sequence: every segment's final state from zero and its decay product, then the
+            # state entering each segment, then all segments in parallel from their entering states
+            S = torch.empty(batch, nseg, dim, dstate, device=u.device, dtype=torch.float32)
+            P = torch.empty_like(S)
+            hseg = torch.empty_like(S)
+            _segment_state_kernel[(dblocks, batch, nseg)](
+                u, delta, A, B, delta_bias if delta_bias is not None else dummy, seq, S, P,
+                dim, length, dstate, nchunks, per_seg,
+                *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *seq_strides,
+                **flags, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, T=T, num_warps=warps,
+            )
+            block = 256
+            _segment_combine_kernel[(triton.cdiv(dim * dstate, block), batch)](
+                S, P, h0, hseg, dim, dstate, nseg, *_strides3(initial_state),
+                HAS_H0=initial_state is not None, BLOCK=block,
+            )
+        _scan_fwd_kernel[(dblocks, batch, nseg)](
             u, delta, A, B, C,
             D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, h0,
-            seq_idx if seq_idx is not None else dummy,
-            y, hlast, hck,
-            dim, length, dstate, nchunks,
+            delta_bias if delta_bias is not None else dummy, h0, seq,
+            y, hlast, hck, hseg,
+            dim, length, dstate, nchunks, per_seg,
             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
-            *y.stride(), *(_strides3(initial_state)), *(seq_idx.stride() if seq_idx is not None else (0, 0)),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            HAS_H0=initial_state is not None, HAS_SEQ=seq_idx is not None, STORE_CK=store,
+            *y.stride(), *(_strides3(initial_state)), *seq_strides,
+            HAS_D=D is not None, HAS_Z=z is not None, **flags,
+            HAS_H0=initial_state is not None, STORE_CK=store, SEGMENTED=nseg > 1,
             BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, T=T, num_warps=warps,
         )
         if store:
