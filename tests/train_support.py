@@ -20,8 +20,11 @@ def tiny_data(tmp_path_factory) -> Path:
     """The offline default mix (stdlib + synthetic recall), ~100k tokens, BPE of the tiny vocab."""
     from ablate.data.prepare import prepare
 
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    prepare(out=out, vocab_size=256, max_tokens=100_000, val_fraction=0.05, quiet=True)
+    # each test module that imports this fixture gets its own copy of it: share the directory
+    # through the session's base temp dir, so the corpus is prepared once per session
+    out = tmp_path_factory.getbasetemp() / "ablate-tiny-data"
+    if not (out / "manifest.json").exists():
+        prepare(out=out, vocab_size=256, max_tokens=100_000, val_fraction=0.05, quiet=True)
     return out
 
 
