@@ -142,3 +142,10 @@ def test_no_anchor_for_hybrids():
     assert anchor_family(resolve("table3-samba", "tiny").config) is None
     assert hf_llama_config(resolve("table3-llama3", "paper").config).num_key_value_heads == 8
     assert hf_mamba2_config(resolve("table3-mamba2", "paper").config).num_heads == 64
+
+
+def test_graph_check_agrees_with_full_forward_eagerly_on_cpu():
+    from ablate.bench.graph_check import check_variant
+
+    result = check_variant("table1-13-meta-tokens", "tiny", "cpu", torch.float32)
+    assert result["max_abs_diff"] < 1e-4 and result["graph"] is False

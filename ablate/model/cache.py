@@ -3,9 +3,9 @@
 Per layer, from ``layer_plans``:
 
 - a full-attention layer that computes its own K/V: keys and values for the meta tokens and every
-  token, slot = absolute position;
+  token, token i of the row (meta tokens first, padding included) in slot i;
 - a sliding-window layer that computes its own K/V: the meta tokens plus a ring buffer of
-  ``min(window, capacity)`` slots, token at position p in slot ``M + (p - M) % ring``;
+  ``min(window, capacity)`` slots, token i in slot ``M + (i - M) % ring``;
 - a layer that reuses another layer's K/V: nothing (it attends over its producer's store);
 - an SSM layer: the conv state (the last ``kernel - 1`` inputs) and the recurrent state.
 
@@ -27,6 +27,11 @@ Slots and positions are counted apart. Slots (where a token is stored) advance t
 whole batch; positions (what RoPE and the window see) advance per row and skip padding, so a
 left-padded row computes what it would alone (``transformers`` gets the same from ``position_ids``).
 Both counters live on the device, so a decode step needs no Python-side position.
+
+Every state is kept in the cache's dtype, the SSM recurrent state included (as the inference caches
+of mamba_ssm and ``transformers`` keep it); the step math runs in fp32. That is what the analytic
+count (``ablate.bench.accounting.cache_bytes``) assumes, so ``nbytes`` equals it exactly;
+``ssm_state_dtype=torch.float32`` keeps the recurrent state wider, and then holds more.
 
 The cache is a ``transformers`` ``Cache`` so that ``generate()`` treats it as one (see
 ``AblateForCausalLM._prepare_cache_for_generation``); it is not a list of HF cache layers.

@@ -32,9 +32,20 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Ma
         raise ValueError(f"decode_attention takes one query per sequence, got {lq}")
     hkv = k.shape[1]
     qg = q.reshape(b, hkv, hq // hkv, d)
-    allowed = spec.dense()  # (1, lk) or (b, 1, 1, lk)
-    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=allowed, scale=scale if scale is not None else 1.0 / math.sqrt(d))
+    bias = spec.memo(("decode_bias", q.dtype), lambda: _additive_bias(spec.dense(), q.dtype))
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=bias, scale=scale if scale is not None else 1.0 / math.sqrt(d))
     return out.reshape(b, hq, 1, v.shape[-1])
+
+
+def _additive_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The mask as SDPA's fused kernels take it, built once per layer kind per step: additive, in
+    the query dtype, (b or 1, 1, 1, lk), rows padded to 16 elements so the memory-efficient kernel
+    reads it as is (it copies a misaligned mask on every call)."""
+    lk = allowed.shape[-1]
+    allowed = allowed.reshape(-1, 1, 1, lk)
+    bias = torch.full((allowed.shape[0], 1, 1, lk + (-lk) % 16), float("-inf"), dtype=dtype, device=allowed.device)
+    bias[..., :lk].masked_fill_(allowed, 0.0)
+    return bias[..., :lk]
 
 
 def conv_step(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = "silu") -> torch.Tensor:
