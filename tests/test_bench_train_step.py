@@ -41,13 +41,13 @@ def test_llama_flops_match_the_textbook_count():
 def test_cpu_run_writes_a_row_per_point(tmp_path):
     points = main([
         "--out", str(tmp_path), "--scale", "tiny", "--device", "cpu", "--no-compile",
-        "--variants", "table3-llama3", "table3-mamba2", "table3-hymba",
+        "--variants", "table3-mamba2", "table3-hymba",
         "--seqs", "16", "--batch", "1", "--warmup", "1", "--steps", "1",
     ])
-    assert [p.status for p in points] == ["ok"] * 3
+    assert [p.status for p in points] == ["ok"] * 2
     record = json.loads((tmp_path / "train_step.json").read_text())
     rows = {p["variant"]: p for p in record["points"]}
-    assert set(rows) == {"table3-llama3", "table3-mamba2", "table3-hymba"}
+    assert set(rows) == {"table3-mamba2", "table3-hymba"}
     for row in rows.values():
         assert row["tokens_per_s"] > 0 and row["step_ms"] > 0 and 0 < row["mfu"] < 1
         assert row["gflop_per_token"] > 0

@@ -2,8 +2,13 @@
 
 Positions are absolute (meta tokens occupy 0..num_meta-1), so the same function serves a full
 forward, a prefill and one decode step over a cache whose slots may be out of order (a ring buffer).
-SDPA cannot express a head dim for values that differs from the keys' on every backend, so fast
-paths check ``available`` before they are chosen.
+
+Backends (``ABLATE_ATTENTION_BACKEND`` or ``backend=`` to force one; ``auto`` takes the first whose
+``available`` accepts the call): ``flash_attn`` (when installed, for the masks it can express),
+``flex`` (FlexAttention with a block mask built from the ``MaskSpec``, ``ablate/kernels/flex.py``:
+CUDA, for sliding windows, meta tokens, documents, padding, and plain causal where value heads are
+wider than keys), ``sdpa`` (everything else: mask-free causal through cuDNN / flash, a dense mask
+otherwise), then the reference.
 """
 
 from __future__ import annotations

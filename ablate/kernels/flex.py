@@ -123,9 +123,12 @@ def flex_available(q, k, v, spec, *_, **__) -> bool:
     fused SDPA cannot skip (window, meta tokens, documents, padding: plain causal goes to SDPA's
     cuDNN / flash kernels, which the anchors show faster), and not single-token decode (SDPA with
     one mask row is cheaper than building a block mask per step). Head dims: powers of two from 16,
-    which every torch that ships flex compiles; value and key head dims may differ."""
+    which every torch that ships flex compiles; value and key head dims may differ, and where they
+    do (Hymba: 64 / 128) flex takes plain causal too: SDPA's flash kernel refuses that case and its
+    fallback, the memory-efficient kernel, runs 2.8x slower than flex (gpu-anchors.md); cuDNN's
+    support for it is unconfirmed (``ablate.bench.fastpaths`` times both)."""
     if not HAVE_FLEX or not q.is_cuda:
         return False
-    if spec.plain_causal or q.shape[-2] < 16:
+    if q.shape[-2] < 16 or (spec.plain_causal and q.shape[-1] == v.shape[-1]):
         return False
     return _pow2(q.shape[-1]) and _pow2(v.shape[-1]) and q.dtype in (torch.bfloat16, torch.float16, torch.float32)
