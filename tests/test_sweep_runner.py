@@ -216,3 +216,23 @@ def test_rate_from_a_sibling_sweep_root(tmp_path):
     rate = plan_mod.measured_rate(tmp_path / "other", "table1-06-llama", "tiny")
     assert rate is not None and rate[0] == 1000.0 and rate[1].startswith("runs/table1-06-llama on ")
     assert plan_mod.measured_rate(tmp_path / "other", "table3-samba", "tiny") is None
+
+
+def test_needle_grid_changes_only_the_niah_hash(tmp_path):
+    base = {"suites": ["recall", "niah"], "limit": 4, "options": {"niah": {"lengths": [64]}}}
+    sweep = load_sweep("t", sweep_file(tmp_path))
+    job = sweep.jobs[0]
+    other = type(job)(job.variant, job.seed, job.run_name, job.train, {**base, "options": {"niah": {"lengths": [128]}}}, job.bench)
+    job = type(job)(job.variant, job.seed, job.run_name, job.train, base, job.bench)
+    assert plan_mod.eval_spec("h", "recall", job) == plan_mod.eval_spec("h", "recall", other)
+    assert plan_mod.eval_spec("h", "niah", job) != plan_mod.eval_spec("h", "niah", other)
+
+
+def test_leftover_files_without_run_json_are_moved_aside(tmp_path):
+    stray = tmp_path / "runs" / "table1-06-llama"
+    stray.mkdir(parents=True)
+    (stray / "partial.bin").write_text("x")  # e.g. a crash before the trainer wrote run.json
+    _, fake, res = run(tmp_path, sweep_file(tmp_path, variants=("table1-06-llama",)))
+    assert not res.failed and stage_calls(fake)[0] == ("train", "table1-06-llama", False)
+    kept = list((tmp_path / "runs" / ".superseded").iterdir())
+    assert len(kept) == 1 and (kept[0] / "partial.bin").read_text() == "x"

@@ -53,7 +53,8 @@ def _colors(names: list[str]) -> dict[str, tuple]:
 
 def context(runs: list[RunRecord], stage: str = "train") -> str:
     scales = sorted({r.scale for r in runs if r.scale})
-    devices = sorted({r.devices.get(stage) for r in runs if r.devices.get(stage)})
+    # eval:niah also matches eval:niah.fixtures (the result file of a run with offline fixtures)
+    devices = sorted({d for r in runs for k, d in r.devices.items() if k == stage or k.startswith(stage + ".")})
     return f"scale {', '.join(scales) or '?'} · {stage} on {', '.join(devices) or 'unknown device'}"
 
 
@@ -205,7 +206,7 @@ def needle_heatmap(by_model: dict[str, list[dict]], title_context: str) -> Figur
     if not models:
         return None
     grids = {m: needle_grid(by_model[m]) for m in models}
-    ncols = min(3, len(models))
+    ncols = 2 if len(models) == 4 else min(3, len(models))  # 2 x 2 rather than 3 + 1
     nrows = math.ceil(len(models) / ncols)
     widest = max(g.shape[1] for g in grids.values())
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.1 * widest * ncols + 2.2, 0.55 * max(g.shape[0] for g in grids.values()) * nrows + 2.4), squeeze=False, layout="constrained")
@@ -217,7 +218,8 @@ def needle_heatmap(by_model: dict[str, list[dict]], title_context: str) -> Figur
         ax.set_yticks(range(g.shape[0]), [f"{d:.0%}" for d in g.index], fontsize=8)
         for (i, j), val in np.ndenumerate(g.to_numpy(dtype=float)):
             if math.isfinite(val):
-                ax.text(j, i, f"{val * 100:.0f}", ha="center", va="center", fontsize=7, color="black")
+                # white on the dark ends of the colour map, black in the light middle
+                ax.text(j, i, f"{val * 100:.0f}", ha="center", va="center", fontsize=7, color="white" if val < 0.2 or val > 0.85 else "black")
         ax.set_title(m, fontsize=9)
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("needle depth (% of context)")

@@ -171,7 +171,7 @@ def _scale_context(runs: list[RunRecord]) -> str:
     parts = [
         f"ours: scale {', '.join(scales) or DASH}",
         f"{tok} training tokens per run",
-        f"seeds {', '.join(map(str, seeds))}",
+        f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}",
         f"trained on {', '.join(train_dev) or DASH}",
         f"throughput measured on {', '.join(bench_dev) or DASH}",
     ]

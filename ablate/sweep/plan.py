@@ -69,7 +69,9 @@ def train_spec(sweep: Sweep, job: Job) -> dict:
 
 def eval_spec(train_hash: str, suite: str, job: Job) -> dict:
     e = job.eval
-    return {"train": train_hash, "suite": suite, "limit": e.get("limit"), "fixtures": bool(e.get("fixtures")), "options": e.get("options") or {}}
+    # the needle grid concerns the niah suite only: changing it reruns no other suite
+    options = {k: v for k, v in (e.get("options") or {}).items() if k != "niah" or suite == "niah"}
+    return {"train": train_hash, "suite": suite, "limit": e.get("limit"), "fixtures": bool(e.get("fixtures")), "options": options}
 
 
 def bench_spec(train_hash: str, job: Job) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ablate.rundir import RunDir, RunDirError, write_json_atomic
 from ablate.sweep import stages as default_stages
-from ablate.sweep.plan import BLOCKED, RERUN, RESUME, SKIP, SUPERSEDED_DIR, JobPlan, StageItem, ledger_path, plan_job, read_ledger
+from ablate.sweep.plan import BLOCKED, RERUN, RESUME, RUN, SKIP, SUPERSEDED_DIR, JobPlan, StageItem, ledger_path, plan_job, read_ledger
 from ablate.sweep.spec import Sweep
 
 OK, SKIPPED, FAILED, INTERRUPTED, NOT_RUN = "ok", "skipped", "failed", "interrupted", "not run"
@@ -101,13 +101,14 @@ class SweepRunner:
         old = ledger_path(jp.run_dir)
         if old.exists():
             shutil.move(str(old), str(dest / ".sweep-ledger.json"))
-        self.console.print(f"{jp.job.run_name}: train config changed; the old run moved to {dest}", highlight=False)
+        self.console.print(f"{jp.job.run_name}: the previous run (another config, or incomplete files) moved to {dest}", highlight=False)
 
     def _execute(self, jp: JobPlan, item: StageItem) -> str:
         job, run_path = jp.job, jp.run_dir.path
         if item.stage == "train":
             data_dir = self._data()
-            if item.action == RERUN:
+            leftover = item.action == RUN and jp.run_dir.path.is_dir() and any(jp.run_dir.path.iterdir())
+            if item.action == RERUN or leftover:  # leftover: files but no run.json (the trainer would refuse)
                 self._supersede(jp)
             self._record(jp, "train", spec_hash=item.expected, spec=item.spec, status="running", started=_now(), result_hash=None, error=None)
             return self.adapters.train(self.sweep, job, run_path, data_dir, resume=item.action == RESUME, quiet=self.quiet_stages)

@@ -105,7 +105,8 @@ def bench(job: Job, run_dir: Path, say=None) -> str:
     device = p.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise StageError("bench.device: cuda asked for but no CUDA device here; set bench.device: cpu in the sweep")
-    dtype = DTYPE_NAMES.get(str(p.pop("dtype", "bf16")), None) or str(job.bench.get("dtype"))
+    raw = str(p.pop("dtype", "bf16"))
+    dtype = DTYPE_NAMES.get(raw, raw)
     try:
         protocol = Protocol(device=device, dtype=dtype, **p)
     except (TypeError, ValueError) as e:
