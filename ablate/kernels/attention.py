@@ -14,6 +14,7 @@ otherwise), then the reference.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 from dataclasses import dataclass, field
@@ -124,8 +125,16 @@ def attention_sdpa(q, k, v, spec: MaskSpec, scale: float | None = None) -> torch
     if gqa and _EXPAND_GQA:
         rep = q.shape[1] // k.shape[1]
         k, v, gqa = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), False
-    with sdpa_kernel(_sdpa_backends(), set_priority=True):
+    # written out in both forms so that torch.compile sees the context manager call directly
+    if _HAS_PRIORITY:
+        with sdpa_kernel(_sdpa_backends(), set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=gqa)
+    with sdpa_kernel(_sdpa_backends()):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=gqa)
+
+
+# newer torch takes the list as a priority order; older ones only as the set of allowed backends
+_HAS_PRIORITY = "set_priority" in inspect.signature(sdpa_kernel).parameters
 
 
 @functools.cache
