@@ -270,7 +270,8 @@ def run_point(name: str, seq: int, args, say) -> Point:
     optim = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     loss_fn = _loss_fn(model)
     compiled = args.compile
-    step_fn = torch.compile(loss_fn) if compiled else loss_fn
+    # static shapes: a batch halved after an OOM recompiles for exactly that shape
+    step_fn = torch.compile(loss_fn, dynamic=False) if compiled else loss_fn
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     batch = args.batch or max(1, args.tokens_per_step // seq)
     gen = torch.Generator(device="cpu").manual_seed(0)
