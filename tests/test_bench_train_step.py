@@ -38,6 +38,15 @@ def test_llama_flops_match_the_textbook_count():
     assert f.scan == 0
 
 
+def test_meta_tokens_cost_the_blocks_but_not_the_head():
+    model = build_model(resolve("table3-hymba", "tiny"))
+    c = model.config
+    b, seq, m = 2, 30, c.num_meta_tokens
+    head = c.vocab_size * c.hidden_size
+    body = matmul_params(model) - head
+    assert step_flops(model, b, seq).dense == 6 * (body * (seq + m) + head * seq) * b
+
+
 def test_cpu_run_writes_a_row_per_point(tmp_path):
     points = main([
         "--out", str(tmp_path), "--scale", "tiny", "--device", "cpu", "--no-compile",

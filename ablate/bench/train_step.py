@@ -15,7 +15,8 @@ compile of the whole forward has one graph break (where the context is made) and
 
 Model FLOPs per step (what MFU counts), for B sequences of T = L + meta positions:
 - dense: 6 x (parameters that multiply activations: everything but the input embedding table and
-  the meta-token embeddings, plus the LM head, counted once even when tied) x B x T;
+  the meta-token embeddings) x B x T, plus 6 x the LM head (counted even when tied to the
+  embedding) x B x L (the head skips the meta positions);
 - attention: for every layer that attends (KV-sharing consumers too), 6 x heads x (qk_dim + v_dim)
   x visible (query, key) pairs (fwd: 2 matmuls of 2 FLOPs per multiply-add; bwd twice the fwd), the
   pairs counted exactly: T(T+1)/2 for causal, min(i+1, window) plus the meta tokens beyond the
@@ -106,7 +107,9 @@ class Flops:
 def step_flops(model, batch: int, seq: int) -> Flops:
     c = model.config
     positions = seq + c.num_meta_tokens
-    dense = 6.0 * matmul_params(model) * batch * positions
+    head = model.lm_head.weight.numel()
+    # the blocks run over every position, meta tokens included; the LM head only over the L tokens
+    dense = 6.0 * ((matmul_params(model) - head) * positions + head * seq) * batch
     attention = 0.0
     if c.has_attention:
         qk, v = c.resolved_head_dim, c.resolved_v_head_dim
