@@ -29,7 +29,7 @@ def _sweep(tmp_path):
         "variants": [{"variant": "table1-06-llama", "train": {"steps": 3}}, "table3-samba"],
         "data": {"max_tokens": 20000, "val_fraction": 0.05},
         "train": train,
-        "eval": {"suites": ["recall"], "limit": 6, "options": {"tasks": ["ablate_mqar", "ablate_phonebook"]}},
+        "eval": {"suites": ["recall"], "limit": 6, "tasks": {"recall": ["ablate_mqar", "ablate_phonebook"]}},
         "bench": {"prompt_len": 16, "gen_tokens": 4, "batch": 1, "dtype": "fp32", "device": "cpu"},
     }}}))
     return path

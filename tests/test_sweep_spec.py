@@ -31,6 +31,9 @@ def test_repository_sweeps():
     assert all(sum(j.variant == v for j in t3.jobs) >= 2 for v in t3.variants)  # >= 2 seeds each
     assert {j.run_name for j in t3.jobs} >= {"table3-hymba", "table3-hymba-s1"}
 
+    for sweep in (t1, t3):  # the locally generated recall tasks run even where the hub is unreachable
+        assert sweep.eval["suites"][0] == "recall-synthetic" and "ablate_mqar" in sweep.eval["tasks"]["recall-synthetic"]
+
     niah = load_sweep("niah", REPO_SWEEPS)
     assert set(niah.variants) == {"table3-hymba", "table3-mamba2", "table3-llama3"}
     assert niah.eval["suites"] == ["niah"]
@@ -75,6 +78,8 @@ def test_defaults_and_overrides_merge(tmp_path):
         ({**BASE, "varients": []}, "did you mean 'variants'"),
         ({**BASE, "bench": {"prompt_len": 8}}, "bench.gen_tokens"),
         ({**BASE, "variants": ["table1-06-llama", "table1-06-llama"]}, "listed twice"),
+        ({**BASE, "eval": {"suites": ["recall"], "tasks": {"niah": ["ablate_niah"]}}}, "eval.tasks.niah"),
+        ({**BASE, "eval": {"suites": ["recall"], "tasks": {"recall": []}}}, "eval.tasks"),
     ],
 )
 def test_bad_sweeps_are_one_line_errors(tmp_path, sweep, needle):

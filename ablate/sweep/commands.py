@@ -51,13 +51,16 @@ def print_plan(console, sweep, root: Path, plans, stages: list[str]) -> None:
         table.add_row(jp.job.run_name, *cells, f"{tokens:,}" if tokens else "–",
                       _hours(train.est_seconds) if tokens else "–", train.rate_source if tokens and train.rate_source else ("unknown" if tokens else ""))
     console.print(table)
+    if not total_tokens:
+        console.print("nothing to train", highlight=False)
     est = _hours(total_s) if total_s else "unknown"
     more = f" + {unknown} run(s) with no measured rate yet" if unknown and total_s else ""
-    console.print(
-        f"total: {total_tokens:,} tokens to train; estimated {est}{more} of training on the device each rate was measured on "
-        f"(from metrics.jsonl of earlier runs of the same variant and scale); eval and bench time not estimated",
-        highlight=False,
-    )
+    if total_tokens:
+        console.print(
+            f"total: {total_tokens:,} tokens to train; estimated {est}{more} of training on the device each rate was measured on "
+            f"(from metrics.jsonl of earlier runs of the same variant and scale); eval and bench time not estimated",
+            highlight=False,
+        )
     if "report" in stages:
         out = sweep.report.get("out") or f"reports/{sweep.name}"
         console.print(f"report: would be written to {out}", highlight=False)

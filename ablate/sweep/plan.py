@@ -71,7 +71,10 @@ def eval_spec(train_hash: str, suite: str, job: Job) -> dict:
     e = job.eval
     # the needle grid concerns the niah suite only: changing it reruns no other suite
     options = {k: v for k, v in (e.get("options") or {}).items() if k != "niah" or suite == "niah"}
-    return {"train": train_hash, "suite": suite, "limit": e.get("limit"), "fixtures": bool(e.get("fixtures")), "options": options}
+    spec = {"train": train_hash, "suite": suite, "limit": e.get("limit"), "fixtures": bool(e.get("fixtures")), "options": options}
+    if (e.get("tasks") or {}).get(suite):
+        spec["tasks"] = list(e["tasks"][suite])
+    return spec
 
 
 def bench_spec(train_hash: str, job: Job) -> dict:

@@ -11,7 +11,7 @@ A sweep is data (zoology: an ablation is a list of configs plus one launcher)::
         seeds: [0]                       # seed 0 runs in <variant>/, seed k in <variant>-s<k>/
         data: {sources: ...}             # the training corpus (ablate.data.sources spec) and its options
         train: {steps, global_batch, seq_len, lr, ...}  # steps x global_batch x seq_len = tokens
-        eval: {suites: [recall], limit: 40, options: {...}}
+        eval: {suites: [recall], limit: 40, tasks: {SUITE: [task, ...]}, options: {...}}
         bench: {prompt_len, gen_tokens, batch, dtype, device}
 
 Every problem is reported as one line naming the file, the sweep and the field.
@@ -222,6 +222,14 @@ def _check_eval(eval_: dict, bad) -> None:
     limit = eval_.get("limit")
     if limit is not None and not _positive_int(limit):
         raise bad("limit", f"must be a positive integer or null, got {limit!r}")
+    # tasks: {SUITE: [task, ...]}: run exactly these tasks under that suite's name (a new name makes a
+    # new suite, e.g. recall-synthetic: the locally generated recall tasks, which need no network)
+    tasks = eval_.get("tasks") or {}
+    if not isinstance(tasks, dict) or not all(isinstance(v, list) and v and all(isinstance(t, str) for t in v) for v in tasks.values()):
+        raise bad("tasks", "must map a suite name to a non-empty list of lm-eval task names")
+    for suite in tasks:
+        if suite not in suites:
+            raise bad(f"tasks.{suite}", f"names a suite that is not in eval.suites ({', '.join(suites)})")
 
 
 def _check_bench(bench: dict, bad) -> None:

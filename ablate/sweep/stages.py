@@ -86,6 +86,9 @@ def evaluate(job: Job, run_dir: Path, suite: str, progress: bool = False) -> str
     niah_opts = options.pop("niah", None)
     if suite == "niah" and niah_opts:
         grid = NiahGrid(**niah_opts)
+    tasks = (job.eval.get("tasks") or {}).get(suite)
+    if tasks:
+        options["tasks"] = list(tasks)
     try:
         results = run_suites(run_dir, [suite], limit=job.eval.get("limit"), fixtures=bool(job.eval.get("fixtures")), niah_grid=grid, progress=progress, **options)
     except (SuiteError, TaskError, ValueError) as e:
