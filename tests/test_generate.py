@@ -76,3 +76,15 @@ def test_generate_rejects_assisted_decoding_it_cannot_roll_back():
     assert not cache.is_croppable
     with pytest.raises(NotImplementedError, match="roll back"):
         cache.crop(1)
+
+
+@pytest.mark.parametrize("name", ["table1-13-meta-tokens", "table3-mamba2"])
+def test_beam_search_reorders_the_cache(name):
+    """Beams expand the batch before the cache is made, and reorder it every step."""
+    model = build_model(name, "tiny").eval()
+    ids = torch.randint(1, model.config.vocab_size, (2, 7))
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        cached = model.generate(ids, **kwargs)
+        uncached = model.generate(ids, use_cache=False, **kwargs)
+    assert torch.equal(cached, uncached)

@@ -136,7 +136,9 @@ class AblateForCausalLM(AblatePreTrainedModel, GenerationMixin):
         new tokens - 1) and seeded with the meta tokens."""
         if model_kwargs.get("past_key_values") is not None or generation_config.use_cache is False:
             return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size, max_cache_length)
-        model_kwargs["past_key_values"] = AblateCache.for_model(self, batch_size, max_cache_length)
+        # batch_size counts prompts; the inputs were already expanded for beams / return sequences
+        rows = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1) * batch_size
+        model_kwargs["past_key_values"] = AblateCache.for_model(self, rows, max_cache_length)
 
     def __init__(self, config: AblateConfig):
         super().__init__(config)
