@@ -236,3 +236,22 @@ def test_leftover_files_without_run_json_are_moved_aside(tmp_path):
     assert not res.failed and stage_calls(fake)[0] == ("train", "table1-06-llama", False)
     kept = list((tmp_path / "runs" / ".superseded").iterdir())
     assert len(kept) == 1 and (kept[0] / "partial.bin").read_text() == "x"
+
+
+class WrappedInterrupt(BaseException):
+    """What torch's distributed checkpoint turns a Ctrl-C into (CheckpointException)."""
+
+
+def test_a_wrapped_ctrl_c_stops_the_sweep_as_interrupted(tmp_path):
+    class Stages(FakeStages):
+        def train(self, sweep, job, run_dir, data_dir, resume, quiet=False):
+            if job.run_name == "table3-samba":
+                RunDir(run_dir).path.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(RunDir(run_dir).run_json, {"variant": job.variant, "scale": "tiny", "status": "running", "config_hash": "x"})
+                raise WrappedInterrupt("CheckpointException ranks: {0}")
+            return super().train(sweep, job, run_dir, data_dir, resume, quiet)
+
+    _, _, res = run(tmp_path, sweep_file(tmp_path), fake=Stages())
+    assert res.interrupted and res.outcomes[-1].status == "interrupted"
+    assert read_json(tmp_path / "runs" / ".sweep" / "table3-samba.json")["train"]["status"] == "interrupted"
+    assert read_json(tmp_path / "runs" / "table3-samba" / "run.json")["status"] == "failed"

@@ -165,10 +165,11 @@ class SweepRunner:
                         t0 = time.time()
                         try:
                             result_hash = self._execute(jp, item)
-                        except KeyboardInterrupt:
-                            self._record(jp, item.key, status="interrupted", finished=_now(), error="interrupted (Ctrl-C)")
-                            result.outcomes.append(Outcome(job.run_name, item.key, item.action, INTERRUPTED, time.time() - t0, "Ctrl-C"))
-                            raise
+                        except (KeyboardInterrupt, SystemExit) as e:
+                            why = "Ctrl-C" if isinstance(e, KeyboardInterrupt) else "exit"
+                            self._record(jp, item.key, status="interrupted", finished=_now(), error=f"interrupted ({why})")
+                            result.outcomes.append(Outcome(job.run_name, item.key, item.action, INTERRUPTED, time.time() - t0, why))
+                            raise KeyboardInterrupt from e
                         except Exception as e:  # noqa: BLE001 - a failing run is recorded, the sweep goes on
                             msg = _first_line(e)
                             self._record(jp, item.key, status="failed", finished=_now(), error=msg)
@@ -179,6 +180,15 @@ class SweepRunner:
                             self.console.print(f"[red]{label}: failed: {msg}[/]", highlight=False)
                             if self.fail_fast:
                                 raise
+                        except BaseException as e:
+                            # a Ctrl-C that a library wrapped on its way out (torch's distributed
+                            # checkpoint turns it into a CheckpointException, a BaseException)
+                            msg = _first_line(e)
+                            self._record(jp, item.key, status="interrupted", finished=_now(), error=msg)
+                            if item.stage == "train":
+                                self._mark_train_failed(jp, msg)
+                            result.outcomes.append(Outcome(job.run_name, item.key, item.action, INTERRUPTED, time.time() - t0, msg))
+                            raise KeyboardInterrupt from e
                         else:
                             self._record(jp, item.key, status="complete", finished=_now(), result_hash=result_hash, error=None)
                             result.outcomes.append(Outcome(job.run_name, item.key, item.action, OK, time.time() - t0))
