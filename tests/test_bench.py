@@ -2,6 +2,7 @@
 out-of-memory, the prefill budget, run directories, the paper suite, and the transformers anchors."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -92,12 +93,15 @@ def test_paper_suite_runs_entries_and_records_a_failure(tmp_path, monkeypatch):
     def flaky(entry, scale, protocol, say):
         if entry == "table1-06-llama":
             raise RuntimeError("kernel exploded")
+        if entry == "table3-samba" and os.environ.get("ABLATE_ATTENTION_BACKEND") != "sdpa":
+            raise RuntimeError("flex compile failed")  # fixed by the fallback backend
         return real(entry, scale, protocol, say)
 
     monkeypatch.setattr(paper_suite, "run_entry", flaky)
     out = tmp_path / "suite"
     args = ["--out", str(out), "--scale", "tiny", "--device", "cpu", "--dtype", "fp32", "--seq-len", "10", "--batch", "2",
-            "--gen-tokens", "2", "--only", "table1-13-meta-tokens", "--only", "table1-06-llama", "--only", "anchor:table3-llama3"]
+            "--gen-tokens", "2", "--only", "table1-13-meta-tokens", "--only", "table1-06-llama", "--only", "anchor:table3-llama3",
+            "--only", "table3-samba"]
     import typer
 
     cli = typer.Typer()
@@ -106,13 +110,17 @@ def test_paper_suite_runs_entries_and_records_a_failure(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     ok = json.loads((out / "table1-13-meta-tokens.json").read_text())
     assert ok["cache_exact"] and "provenance" in ok
-    assert json.loads((out / "table1-06-llama.json").read_text())["error"] == "RuntimeError: kernel exploded"
+    failed = json.loads((out / "table1-06-llama.json").read_text())["error"]
+    assert failed.startswith("RuntimeError: kernel exploded") and "ABLATE_ATTENTION_BACKEND" in failed
+    retried = json.loads((out / "table3-samba.json").read_text())
+    assert retried["fallback"]["first_error"] == "RuntimeError: flex compile failed" and retried["decode_tokens_per_s"] > 0
+    assert "ABLATE_ATTENTION_BACKEND" not in os.environ, "the fallback backend must not leak into later entries"
     assert "kernel exploded" in (out / "table1-06-llama.error.txt").read_text()
     anchor = json.loads((out / "anchor-table3-llama3.json").read_text())
     assert anchor["kind"] == "transformers" and anchor["anchor_class"] == "LlamaForCausalLM" and anchor["decode_tokens_per_s"] > 0
     md = (out / "bench.md").read_text()
     assert "table1-13-meta-tokens" in md and "kernel exploded" in md and "Command:" in md
-    assert len((out / "bench.csv").read_text().strip().splitlines()) == 4
+    assert len((out / "bench.csv").read_text().strip().splitlines()) == 5
 
 
 def test_suite_order_puts_the_ratio_pair_first():

@@ -39,6 +39,8 @@ def flat_row(label: str, record: dict) -> dict:
         notes.append(f"{record['prefilled_rows']} rows prefilled")
     if record.get("graph_error"):
         notes.append(f"graph: {record['graph_error']}")
+    if record.get("fallback"):
+        notes.append(f"retried with {record['fallback']['env']} after {record['fallback']['first_error']}")
     if record.get("cache_exact") is False:
         notes.append("cache != analytic")
     row["note"] = "; ".join(notes)
