@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablate.rundir import RunDir, RunDirError, write_json_atomic
+from ablate.rundir import RunDirError, write_json_atomic
 from ablate.sweep import stages as default_stages
 from ablate.sweep.plan import BLOCKED, RERUN, RESUME, RUN, SKIP, SUPERSEDED_DIR, JobPlan, StageItem, ledger_path, plan_job, read_ledger
 from ablate.sweep.spec import Sweep
