@@ -17,7 +17,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from ablate.bench.accounting import cache_bytes
-from ablate.bench.throughput import Protocol, decode_bound, free_memory, random_prompts, sync, weight_bytes, with_batch_halving
+from ablate.bench.throughput import Protocol, decode_bound, random_prompts, sync, weight_bytes, with_batch_halving
 from ablate.config import AblateConfig
 
 ANCHOR_FAMILIES = ("llama", "mamba2")
