@@ -7,9 +7,7 @@ model directory or an in-memory model all end up as the same HFLM; no scoring ha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ablate.rundir import RunDir, RunDirError, read_json
 
@@ -24,17 +22,32 @@ class ModelLoadError(ValueError):
     """A model or tokenizer that cannot be loaded; the message is one line naming the path."""
 
 
-@dataclass
 class LoadedModel:
-    model: Any  # AblateForCausalLM (or any causal LM PreTrainedModel)
-    tokenizer: Any
-    model_dir: Path | None  # where model and tokenizer were read from (None: in memory)
-    run: RunDir | None  # the run directory, when there is one
-    config_hash: str | None  # run.json's config_hash, when there is one
+    """A model and its tokenizer for evaluation. From a directory (``load``) the weights are read on
+    first use of ``model``, so tasks are resolved (and bad input reported) before that cost."""
+
+    def __init__(self, model=None, tokenizer=None, model_dir: Path | None = None, run: RunDir | None = None,
+                 config_hash: str | None = None, *, config=None, device: str | None = None, dtype: str = "float32"):
+        if model is None and model_dir is None:
+            raise ValueError("LoadedModel needs a model or a model directory")
+        self._model = model
+        self.tokenizer = tokenizer
+        self.model_dir = model_dir  # where model and tokenizer are read from (None: in memory)
+        self.run = run  # the run directory, when there is one
+        self.config_hash = config_hash  # run.json's config_hash, when there is one
+        self.config = config if config is not None else model.config
+        self.dtype = dtype
+        self.device = str(next(model.parameters()).device) if model is not None else default_device(device)
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = _load_weights(self.model_dir, self.device, self.dtype)
+        return self._model
 
     @property
     def max_length(self) -> int:
-        return model_max_length(self.model.config)
+        return model_max_length(self.config)
 
 
 def model_max_length(config) -> int:
@@ -65,36 +78,49 @@ def resolve_model_dir(path: str | Path) -> tuple[Path, RunDir | None]:
 
 
 def load(path: str | Path, device: str | None = None, dtype: str = "float32") -> LoadedModel:
-    """Load a run directory's (or a model directory's) model and tokenizer onto ``device``."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A run directory's (or a model directory's) tokenizer and config now, its weights on first use."""
+    from transformers import AutoConfig, AutoTokenizer
 
     import ablate.model.lm  # noqa: F401  registers AblateConfig / AblateForCausalLM with the Auto classes
 
-    from transformers.utils import logging as hf_logging
-
     model_dir, run = resolve_model_dir(path)
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a bar for loading a small model is noise in eval's output
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+        config = AutoConfig.from_pretrained(model_dir)
     except Exception as e:
-        raise ModelLoadError(f"{model_dir}: cannot load the model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
+        raise ModelLoadError(f"{model_dir / 'config.json'}: not a usable model config ({_first_line(e)})") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except Exception as e:
-        raise ModelLoadError(f"{model_dir}: no usable tokenizer beside the model ({type(e).__name__}); the run must save its tokenizer with the model") from None
-    model.to(default_device(device)).eval()
+        raise ModelLoadError(f"{model_dir}: no usable tokenizer beside the model ({_first_line(e)}); the run must save its tokenizer with the model") from None
     config_hash = None
     if run is not None:
         try:
             config_hash = read_json(run.run_json).get("config_hash")
         except RunDirError:
             config_hash = None
-    return LoadedModel(model, tokenizer, model_dir, run, config_hash)
+    return LoadedModel(None, tokenizer, model_dir, run, config_hash, config=config, device=device, dtype=dtype)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _load_weights(model_dir: Path, device: str, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar for loading a small model is noise in eval's output
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    except Exception as e:
+        raise ModelLoadError(f"{model_dir}: cannot load the model ({_first_line(e)})") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    return model.to(device).eval()
 
 
 def default_device(device: str | None = None) -> str:

@@ -62,7 +62,7 @@ def prepare_data(work: Path, vocab: int, max_tokens: int, needle_docs: int, seed
 
 
 def _train(variant: str, data: Path, run_dir: Path, args: list, timeout: float) -> int:
-    cmd = [sys.executable, "-m", "ablate.train", variant, "--scale", "proxy", "--data", str(data), "--out", str(run_dir), "-q", *map(str, args)]
+    cmd = [sys.executable, "-m", "ablate.train", variant, "--data", str(data), "--out", str(run_dir), "-q", *map(str, args)]
     _log(" ".join(cmd[1:]))
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -86,10 +86,11 @@ def train_model(a, work: Path, deadline: float) -> Path:
     t0 = time.time()
     from ablate.registry import resolve
 
-    vocab = resolve(a.variant, "proxy").config.vocab_size
+    vocab = resolve(a.variant, a.scale).config.vocab_size
     data = prepare_data(work, vocab, a.data_tokens, a.needle_docs)
     _log(f"data prepared in {time.time() - t0:.0f}s")
-    base = ["--seq-len", a.seq_len, "--batch", a.batch, "--eval-every", 0, "--ckpt-every", 0, "--set", "val_windows=8"]
+    # compile off: its warm-up does not fit a few-minute budget reliably (as ablate.train.proxy_run)
+    base = ["--scale", a.scale, "--seq-len", a.seq_len, "--batch", a.batch, "--eval-every", 0, "--ckpt-every", 0, "--compile", "off", "--set", "val_windows=8"]
     probe = work / "probe"
     _train(a.variant, data, probe, base + ["--steps", 8, "--warmup", 2], timeout=min(180, deadline - time.time()))
     tps = _tokens_per_s(probe) or 50_000.0
@@ -150,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--run-dir", help="a trained run to evaluate (trained here first when it has no model)")
-    ap.add_argument("--variant", default="table3-hymba", help="variant to train at scale proxy")
+    ap.add_argument("--variant", default="table3-hymba", help="variant to train")
+    ap.add_argument("--scale", default="proxy", help="scale to train it at (tiny: a CPU smoke run of this module)")
     ap.add_argument("--seq-len", type=int, default=1024, help="training length (evaluation goes beyond it)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--train-s", type=float, default=110, help="training time budget")
-    ap.add_argument("--data-tokens", type=int, default=6_000_000)
+    ap.add_argument("--data-tokens", type=int, default=4_000_000)
     ap.add_argument("--needle-docs", type=int, default=6000)
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384")
     ap.add_argument("--depths", default="0,0.25,0.5,0.75,1")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.evals import niah
-from ablate.evals.adapter import LoadedModel, eval_batch_size, load, make_lm, model_max_length
+from ablate.evals.adapter import LoadedModel, eval_batch_size, load, make_lm
 from ablate.evals.results import (
     HEATMAP_SUFFIX,
     SAMPLES_SUFFIX,
@@ -93,7 +93,7 @@ def _group(units: list[_Unit]) -> list[list[_Unit]]:
 def _plan(loaded: LoadedModel, suites: list[Suite], *, tm, fixtures, limit, batch_size, grid, device, keep) -> tuple[list[_Unit], dict]:
     """Every task of every suite built (datasets loaded or generated), before anything is evaluated.
     Returns the units and, per suite with a needle task, the needle grid it runs."""
-    model_max = model_max_length(loaded.model.config)
+    model_max = loaded.max_length
     units: list[_Unit] = []
     grids: dict[str, niah.NiahGrid] = {}
     for suite in suites:
@@ -175,16 +175,16 @@ def evaluate_model(
     progress: bool = True,
     verbose: bool = False,
 ) -> list[SuiteResult]:
-    """Evaluate a loaded model (``ablate.evals.load`` or ``LoadedModel(model, tokenizer, None, None,
-    None)``) on suites. With ``out_dir``, writes ``OUT_DIR/SUITE.json`` per suite (on fixtures:
+    """Evaluate a model (``ablate.evals.load(path)``, or ``LoadedModel(model, tokenizer)`` around one in
+    memory) on suites. With ``out_dir``, writes ``OUT_DIR/SUITE.json`` per suite (on fixtures:
     ``SUITE.fixtures.json``), and for needle tasks ``SUITE.samples.jsonl`` and ``SUITE.heatmap.csv``
     beside it. Every task is built before any is evaluated, so bad input fails before any work."""
     _quiet_lm_eval(verbose)
     suite_list = resolve_suites(suites, tasks)
     include = tuple(str(p) for p in ([include_path] if isinstance(include_path, (str, Path)) else (include_path or ())))
     tm = task_manager(include, metadata)
-    device = str(next(loaded.model.parameters()).device)
-    model_max = model_max_length(loaded.model.config)
+    device = loaded.device
+    model_max = loaded.max_length
     keep: list = []  # temporary directories alive until the evaluation ends
     try:
         units, grids = _plan(loaded, suite_list, tm=tm, fixtures=fixtures, limit=limit, batch_size=batch_size, grid=niah_grid or niah.NiahGrid(), device=device, keep=keep)
