@@ -96,7 +96,11 @@ def config_hash(data: Any) -> str:
 
 
 def git_sha(short: bool = True) -> str:
-    """The checkout's commit (with '-dirty' when it has uncommitted changes), or 'unknown'."""
+    """The checkout's commit (with '-dirty' when it has uncommitted changes), or 'unknown'.
+    ``ABLATE_GIT_SHA`` overrides it: a copied working tree (a lent GPU machine) may carry a stale
+    .git, so the sender passes the commit it sent."""
+    if os.environ.get("ABLATE_GIT_SHA"):
+        return os.environ["ABLATE_GIT_SHA"]
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
