@@ -274,6 +274,10 @@ def run_point(name: str, seq: int, args, say) -> Point:
     loss_fn = _loss_fn(model)
     compiled = args.compile
     # static shapes: a batch halved after an OOM recompiles for exactly that shape
+    if compiled:
+        from ablate.train.parallelize import allow_per_layer_recompiles
+
+        allow_per_layer_recompiles(len(model.model.layers))
     step_fn = torch.compile(loss_fn, dynamic=False) if compiled else loss_fn
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     batch = args.batch or max(1, args.tokens_per_step // seq)

@@ -3,45 +3,35 @@ KV-sharing layers hand to later layers, masks built once per window."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from ablate.kernels import MaskSpec
 from ablate.model.layers import rope_tables
 
 
-class SharedKV:
-    """Producer layer -> (k, v, k_positions, k_valid). Deliberately not a dict or dataclass: FSDP2's
-    forward hooks rebuild dicts and dataclasses that hold grad-requiring tensors, which would hand each
-    layer a copy and hide a producer's K/V from its consumers."""
-
-    def __init__(self):
-        self._items: dict = {}
-
-    def __getitem__(self, layer: int):
-        return self._items[layer]
-
-    def __setitem__(self, layer: int, value) -> None:
-        self._items[layer] = value
-
-    def __contains__(self, layer: int) -> bool:
-        return layer in self._items
-
-
-@dataclass
 class ForwardContext:
-    positions: torch.Tensor  # (b or 1, l) absolute positions of the queries; meta tokens are 0..M-1
-    num_meta: int
-    head_dim: int
-    rope_theta: float
-    dtype: torch.dtype
-    token_valid: torch.Tensor | None = None  # (b, l) False at padding
-    cache: object | None = None  # the inference cache (ablate.model.cache), None when training
-    seq_idx: torch.Tensor | None = None  # (b, l) document index of each token when packed documents must not mix
-    shared_kv: SharedKV = field(default_factory=SharedKV)  # producer layer -> (k, v, k_positions, k_valid)
-    _rope: tuple | None = None
-    _masks: dict = field(default_factory=dict)
+    """Deliberately a plain class, not a dataclass: FSDP2's forward hooks rebuild dataclasses, dicts
+    and tuples that reach a module as arguments, which would hand every layer its own copy (a
+    producer's K/V invisible to its consumers, masks and RoPE tables rebuilt per layer). A plain
+    object passes through untouched, so all layers of one forward share one context."""
+
+    def __init__(
+        self,
+        positions: torch.Tensor,  # (b or 1, l) absolute positions of the queries; meta tokens are 0..M-1
+        num_meta: int,
+        head_dim: int,
+        rope_theta: float,
+        dtype: torch.dtype,
+        token_valid: torch.Tensor | None = None,  # (b, l) False at padding
+        cache: object | None = None,  # the inference cache (ablate.model.cache), None when training
+        seq_idx: torch.Tensor | None = None,  # (b, l) document index of each token when packed documents must not mix
+    ):
+        self.positions, self.num_meta, self.head_dim = positions, num_meta, head_dim
+        self.rope_theta, self.dtype = rope_theta, dtype
+        self.token_valid, self.cache, self.seq_idx = token_valid, cache, seq_idx
+        self.shared_kv: dict = {}  # producer layer -> (k, v, k_positions, k_valid)
+        self._rope: tuple | None = None
+        self._masks: dict = {}
 
     @property
     def rope(self):

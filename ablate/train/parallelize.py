@@ -163,14 +163,8 @@ def parallelize(model: torch.nn.Module, s: TrainSettings, d: Dist, compile_: boo
         # Module.compile keeps state-dict keys unchanged (checkpoints load with or without compile).
         # Unsharded: the whole model, one frame (per-layer constants are baked in, no recompiles).
         # FSDP2: per block, as torchtitan does, so FSDP's hooks stay outside the compiled graphs.
+        allow_per_layer_recompiles(len(model.model.layers))
         if use_fsdp(s, d):
-            # each layer compiles its own graph (see use_compile): let all of them, not just the first 8
-            import torch._dynamo
-
-            limit = 2 * len(model.model.layers) + 8
-            for name in ("recompile_limit", "cache_size_limit"):
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
             for layer in model.model.layers:
                 layer.compile()
         else:
@@ -193,3 +187,17 @@ def autocast(s: TrainSettings, d: Dist):
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def allow_per_layer_recompiles(num_layers: int) -> None:
+    """Let torch.compile make one graph per layer. A block's forward guards on its layer's constants
+    (index, KV source), so wherever blocks compile as separate frames (per-block compile under FSDP2,
+    or a whole-model compile split by a graph break, as seen on the H100 in
+    reports/kernels/h100/train_step-recompile-limit.log) each layer is a recompile; dynamo's default
+    limit of 8 would leave the rest eager."""
+    import torch._dynamo
+
+    limit = 2 * num_layers + 8
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
