@@ -54,6 +54,21 @@ class RunDirError(ValueError):
     """A run directory that cannot be used as asked; the message names the path."""
 
 
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's entry list is what makes a rename durable);
+    best effort: filesystems that refuse it are left alone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that readers see the old file or the new one, never a partial one."""
     path = Path(path)

@@ -24,7 +24,6 @@ def test_concat_fusion_projects_both_branches():
     block = model.model.layers[0]
     assert block.fusion == "concat" and block.attn_proj is None
     assert block.out_proj.in_features == c.attention_width + c.ssm_inner_size
-    x = torch.randn(2, 7, c.hidden_size)
     captured = {}
     block.out_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("in", i[0]))
     ids = torch.randint(0, c.vocab_size, (2, 7))

@@ -155,7 +155,7 @@ def test_needle_heatmap_and_loss_curves(runs):
 
 def test_make_report_writes_tables_plots_and_provenance(root, tmp_path):
     out = tmp_path / "report"
-    rep = make_report(root, out, command="ablate report runs/x")
+    make_report(root, out, command="ablate report runs/x")
     for name in ("table1.md", "table1.csv", "table3.md", "table3.csv", "results.csv", "README.md", "report.json", "loss_curves.png",
                  "needle_heatmap.png", "accuracy_vs_cache_recall.png", "accuracy_vs_throughput_general.png"):
         assert (out / name).exists(), name

@@ -232,7 +232,6 @@ def _prefill(model, cache, seed, prompts, protocol: Protocol, say):
     """Prefill row chunks into the batch cache; on OOM start over with half the rows per chunk.
     Returns ([(rows, seconds), ...], first generated tokens (B, 1), rows per chunk)."""
     batch = prompts.shape[0]
-    device = prompts.device
     rows = min(protocol.prefill_rows, batch)
     while True:
         try:

@@ -32,10 +32,7 @@ FLOPs; tokens/s counts the L training tokens only.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import math
-import os
 import statistics
 import time
 import traceback
@@ -44,6 +41,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from ablate.bench.throughput import free_memory, is_oom
 
 PEAK_FLOPS = 772e12  # bf16 dense matmul, measured on the lent H100 (shared/gpu-anchors.md)
 TABLE3 = ["table3-mamba2", "table3-mamba2-ffn", "table3-llama3", "table3-samba", "table3-hymba"]
@@ -202,16 +201,6 @@ class Point:
     note: str = ""
 
 
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 class _Timer:
     def __init__(self, device):
         self.cuda = device.type == "cuda"
@@ -313,12 +302,12 @@ def run_point(name: str, seq: int, args, say) -> Point:
         except Exception as e:  # noqa: BLE001 - OOM halves the batch; a compile failure falls back to eager
             optim.zero_grad(set_to_none=True)
             ids = labels = loss = None
-            _free()
-            if _is_oom(e) and batch > 1:
+            free_memory()
+            if is_oom(e) and batch > 1:
                 say(f"{name} seq {seq}: out of memory at batch {batch}, halving")
                 batch //= 2
                 continue
-            if _is_oom(e):
+            if is_oom(e):
                 point.status, point.note = "oom", "out of memory at batch 1"
                 return point
             if compiled:
@@ -346,7 +335,7 @@ def run_point(name: str, seq: int, args, say) -> Point:
     if device.type == "cuda":
         point.peak_gib = torch.cuda.max_memory_allocated() / 2**30
     del model, optim, step_fn, loss_fn
-    _free()
+    free_memory()
     return point
 
 
@@ -431,7 +420,7 @@ def main(argv=None) -> list[Point]:
             except Exception as e:  # noqa: BLE001 - one point's failure must not lose the others
                 traceback.print_exc()
                 p = Point(name, seq, args.scale, status="error", note=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-            _free()
+            free_memory()
             torch._dynamo.reset()
             say(f"{name} seq {seq}: {p.status} in {time.perf_counter() - t0:.0f} s"
                 + (f", {p.tokens_per_s:,.0f} tok/s, MFU {100 * p.mfu:.1f}%" if p.status == "ok" else f" ({p.note})"))

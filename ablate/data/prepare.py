@@ -28,6 +28,7 @@ import numpy as np
 
 from ablate.data.sources import DEFAULT_SOURCES, DataError, Source, documents, mix, parse_sources
 from ablate.data.tokenizer import encode, load_tokenizer, parse_tokenizer_spec, train_bpe
+from ablate.rundir import fsync_path
 
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
@@ -152,13 +153,13 @@ def prepare(
             {"tokenizer": manifest["tokenizer"]["sha256"], "shards": {k: [sh["sha256"] for sh in v["shards"]] for k, v in splits.items()}}
         )
         write_json_atomic(tmp / MANIFEST, manifest)
-        _fsync_dir(tmp)
+        fsync_path(tmp)
         if force and out.exists():
             shutil.rmtree(out)
         elif out.exists():
             out.rmdir()  # empty: checked above
         os.replace(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_path(out.parent)
     except BaseException:
         if progress is not None:
             progress[0].stop()
@@ -238,19 +239,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class _ShardWriter:

@@ -28,40 +28,28 @@ def _llama_config(c) -> dict:
     )
 
 
-def _mamba_config(c) -> dict:
+def _ssm_config(c) -> dict:
+    """The fields Mamba and Mamba2 configs name alike."""
     return dict(
         block="ssm",
         ffn=False,
-        ssm_type="mamba",
         hidden_size=c.hidden_size,
         num_hidden_layers=c.num_hidden_layers,
         ssm_expand=c.expand,
         ssm_state_size=c.state_size,
         ssm_conv_kernel=c.conv_kernel,
-        ssm_dt_rank=c.time_step_rank,
         ssm_bias=c.use_bias,
         ssm_conv_bias=c.use_conv_bias,
         rms_norm_eps=c.layer_norm_epsilon,
     )
+
+
+def _mamba_config(c) -> dict:
+    return _ssm_config(c) | dict(ssm_type="mamba", ssm_dt_rank=c.time_step_rank)
 
 
 def _mamba2_config(c) -> dict:
-    return dict(
-        block="ssm",
-        ffn=False,
-        ssm_type="mamba2",
-        hidden_size=c.hidden_size,
-        num_hidden_layers=c.num_hidden_layers,
-        ssm_expand=c.expand,
-        ssm_state_size=c.state_size,
-        ssm_conv_kernel=c.conv_kernel,
-        ssm_head_dim=c.head_dim,
-        ssm_n_groups=c.n_groups,
-        ssm_chunk_size=c.chunk_size,
-        ssm_bias=c.use_bias,
-        ssm_conv_bias=c.use_conv_bias,
-        rms_norm_eps=c.layer_norm_epsilon,
-    )
+    return _ssm_config(c) | dict(ssm_type="mamba2", ssm_head_dim=c.head_dim, ssm_n_groups=c.n_groups, ssm_chunk_size=c.chunk_size)
 
 
 _CONFIGS = {"llama": _llama_config, "mamba": _mamba_config, "mamba2": _mamba2_config}

@@ -211,7 +211,7 @@ class SweepRunner:
         t0 = time.time()
         command = f"ablate sweep {self.sweep.name} --root {self.root}"
         try:
-            rep = make_report(self.root, out, title=f"Report: sweep {self.sweep.name} ({self.sweep.description})", command=command)
+            make_report(self.root, out, title=f"Report: sweep {self.sweep.name} ({self.sweep.description})", command=command)
         except Exception as e:  # noqa: BLE001 - the runs are kept; the report can be rebuilt with `ablate report`
             msg = _first_line(e)
             result.outcomes.append(Outcome("(all)", "report", "run", FAILED, time.time() - t0, msg))

@@ -28,7 +28,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ablate.rundir import write_json_atomic
+from ablate.rundir import fsync_path, write_json_atomic
 from ablate.train import faults
 from ablate.train.parallelize import Dist
 
@@ -74,21 +74,7 @@ def _set_rng_state(state: dict) -> None:
 
 def _fsync_tree(path: Path) -> None:
     for p in sorted(path.rglob("*")) + [path]:
-        _fsync_dir(p)
-
-
-def _fsync_dir(p: Path) -> None:
-    """fsync a file or directory (a directory's entry list makes a rename durable)."""
-    try:
-        fd = os.open(p, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_path(p)
 
 
 class Checkpointer:
@@ -134,7 +120,7 @@ class Checkpointer:
                 os.replace(final, trash)
                 shutil.rmtree(trash, ignore_errors=True)
             os.replace(tmp, final)
-            _fsync_dir(self.dir)
+            fsync_path(self.dir)
             self._prune()
         self.d.barrier()
         return final
