@@ -189,7 +189,8 @@ def _scan_fwd_kernel(
         tl.store(y_row + t[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
         t, mt = tn, mtn
         u, dt, z, Bt, Ct, keep = u_n, dt_n, z_n, B_n, C_n, keep_n
-    tl.store(hlast_ptr + pid_b * dim * dstate + state_tile, h, mask=mnd & (seg == nseg - 1))
+    if seg == nseg - 1:  # only the last segment holds the final state (a branch keeps the mask boolean)
+        tl.store(hlast_ptr + pid_b * dim * dstate + state_tile, h, mask=mnd)
 
 
 @triton.jit
