@@ -69,21 +69,25 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never a partial one."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so that readers see the old one or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """JSON through ``write_text_atomic``."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value):
@@ -145,7 +149,7 @@ def provenance() -> dict:
     import transformers
 
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "git_sha": git_sha(),
         "device": device_name(),
         "command": " ".join(["ablate" if i == 0 and a.endswith("ablate") else a for i, a in enumerate(sys.argv)]),

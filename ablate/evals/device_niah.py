@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ablate.evals.results import heatmap, heatmap_csv, write_samples, write_text_atomic
-from ablate.rundir import RunDir, provenance, write_json_atomic
+from ablate.evals.results import heatmap, heatmap_csv, write_samples
+from ablate.rundir import RunDir, provenance, write_json_atomic, write_text_atomic
 
 
 def _log(msg: str) -> None:

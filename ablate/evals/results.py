@@ -7,13 +7,12 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from ablate.rundir import provenance, write_json_atomic
+from ablate.rundir import provenance, write_json_atomic, write_text_atomic
 
 SAMPLES_SUFFIX = ".samples.jsonl"
 HEATMAP_SUFFIX = ".heatmap.csv"
@@ -86,21 +85,6 @@ def suite_record(
 def result_path(out_dir: Path, suite: str, fixtures: bool) -> Path:
     # results on fixtures never take the place of real ones: a sweep looks for eval/SUITE.json
     return Path(out_dir) / f"{suite}{'.fixtures' if fixtures else ''}.json"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_suite(path: Path, record: dict) -> None:

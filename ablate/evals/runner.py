@@ -22,10 +22,10 @@ from ablate.evals.results import (
     suite_record,
     write_samples,
     write_suite,
-    write_text_atomic,
 )
 from ablate.evals.suites import Suite, resolve_suites
 from ablate.evals.tasks import TaskError, build, task_config, task_manager
+from ablate.rundir import write_text_atomic
 
 # stderr of non-mean metrics (perplexities) is bootstrapped; lm-eval's default of 100000 resamples
 # takes minutes on a few thousand documents for no visible gain in a table

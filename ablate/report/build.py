@@ -8,9 +8,7 @@ Every file is written atomically; files a previous report wrote that this one no
 from __future__ import annotations
 
 import io
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from ablate.report import plots
 from ablate.report.load import load_runs, results_long
 from ablate.report.provenance import readme
 from ablate.report.tables import synthetic_table, table1, table3
-from ablate.rundir import RunDirError, git_sha, read_json, write_json_atomic
+from ablate.rundir import RunDirError, git_sha, read_json, write_json_atomic, write_text_atomic
 
 MANIFEST = "report.json"
 
@@ -31,17 +29,6 @@ class Report:
     figures: dict = field(default_factory=dict)  # file name -> Figure (closed after saving)
     warnings: list[str] = field(default_factory=list)
     runs: int = 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _csv(frame) -> str:
@@ -67,12 +54,12 @@ def make_report(root: Path, out: Path, title: str | None = None, command: str | 
         if t is None:
             continue
         report.tables[t.name] = t
-        _write_text(out / f"{t.name}.md", t.markdown)
-        _write_text(out / f"{t.name}.csv", _csv(t.frame))
+        write_text_atomic(out / f"{t.name}.md", t.markdown)
+        write_text_atomic(out / f"{t.name}.csv", _csv(t.frame))
         csv_files[t.name] = f"{t.name}.csv"
         written += [f"{t.name}.md", f"{t.name}.csv"]
     long = results_long(runs)
-    _write_text(out / "results.csv", _csv(long))
+    write_text_atomic(out / "results.csv", _csv(long))
     written.append("results.csv")
 
     # figures
@@ -115,7 +102,7 @@ def make_report(root: Path, out: Path, title: str | None = None, command: str | 
         csv_files=csv_files,
         warnings=report.warnings,
     )
-    _write_text(out / "README.md", text)
+    write_text_atomic(out / "README.md", text)
     written.append("README.md")
     previous = []
     try:
