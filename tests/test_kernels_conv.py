@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
 
 from ablate.bench.kernels import poisoned_allocations, rel_err
 from ablate.kernels.conv import causal_conv1d
+from kernel_support import assert_compiles_like_eager
 
 triton = pytest.importorskip("triton", reason="the Triton fast path needs triton installed")
 
@@ -119,3 +120,19 @@ def test_conv_dispatch(monkeypatch):
     assert op.choose(None, *args) is op.fast_paths["triton"][0]
     wide = (x.float(), torch.randn(4, 9), None, "silu", None, None)
     assert op.choose(None, *wide) is op.reference  # more taps than the kernel unrolls
+
+
+def test_conv_compiles_into_one_graph_with_its_backward(interpreted):
+    """The fast path is a torch custom op: torch.compile takes it whole (fullgraph: no break) with
+    eager-equal outputs and gradients; opcheck validates its fake and autograd registrations."""
+    from ablate.kernels.triton.conv1d import _conv_op
+
+    x, w, bb, state, seq = (t.float() if t is not None and t.is_floating_point() else t for t in _inputs(2, 20, 19, 4, init=True, docs=True))
+
+    def loss(x, w, bb, state):
+        y, final = causal_conv1d(x, w, bb, "silu", state, seq, backend="triton")
+        return (y * torch.arange(y.shape[-1])).sum() + final.square().sum()
+
+    assert_compiles_like_eager(loss, [x, w, bb, state])
+    op_args = (x.clone().requires_grad_(), w.clone().requires_grad_(), bb, True, state.clone().requires_grad_(), seq)
+    torch.library.opcheck(_conv_op, op_args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))

@@ -18,6 +18,7 @@ if not torch.cuda.is_available():
 
 from ablate.bench.kernels import poisoned_allocations, rel_err
 from ablate.kernels.selective_scan import selective_scan
+from kernel_support import assert_compiles_like_eager
 
 triton = pytest.importorskip("triton", reason="the Triton fast path needs triton installed")
 
@@ -149,3 +150,21 @@ def test_scan_dispatch(monkeypatch):
     assert op.choose(None, *args) is op.reference  # fp64 stays on the reference
     monkeypatch.setenv("ABLATE_SELECTIVE_SCAN_BACKEND", "reference")
     assert op.choose(None, *args32) is op.reference
+
+
+def test_scan_compiles_into_one_graph_with_its_backward(interpreted):
+    """The fast path is a torch custom op: torch.compile takes it whole (fullgraph: no break) and the
+    compiled forward and gradients equal the eager ones; opcheck validates its fake and autograd
+    registrations against the real kernels."""
+    from ablate.kernels.triton.selective_scan import _scan_op
+
+    args = _inputs(2, 10, 3, 19, h0=True, docs=True)
+    args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+
+    def loss(*a):
+        y, h = selective_scan(*a, backend="triton")
+        return (y * torch.arange(y.shape[-1])).sum() + h.square().sum()
+
+    assert_compiles_like_eager(loss, args)
+    op_args = [a.clone().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a for a in args] + [True]
+    torch.library.opcheck(_scan_op, tuple(op_args), test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))

@@ -188,78 +188,71 @@ def _splits(batch: int, cblocks: int, tiles: int, device: torch.device) -> int:
     return max(1, min(tiles, triton.cdiv(4 * sms, batch * cblocks)))
 
 
-class _CausalConv1d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, activation, initial_state, seq_idx):
-        batch, channels, length = x.shape
-        K = weight.shape[1]
-        BLOCK_C, BLOCK_L, warps = fwd_config()
-        y = torch.empty_like(x)
-        dummy = x
-        init = initial_state if initial_state is not None else dummy
-        seq = seq_idx if seq_idx is not None else dummy
-        _conv_fwd_kernel[(triton.cdiv(length, BLOCK_L), triton.cdiv(channels, BLOCK_C), batch)](
-            x, weight, bias if bias is not None else dummy, init, seq, y,
-            channels, length,
-            *x.stride(), *weight.stride(),
-            *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
-            *(seq_idx.stride() if seq_idx is not None else (0, 0)),
-            *y.stride(),
-            K=K, HAS_BIAS=bias is not None, SILU=activation == "silu",
-            HAS_INIT=initial_state is not None, HAS_SEQ=seq_idx is not None,
-            BLOCK_C=BLOCK_C, BLOCK_L=BLOCK_L, num_warps=warps,
-        )
-        ctx.save_for_backward(x, weight, bias, initial_state, seq_idx)
-        ctx.silu = activation == "silu"
-        return y, conv_final_state(x, initial_state, K)
+def _conv_forward(x, weight, bias, silu, initial_state, seq_idx):
+    batch, channels, length = x.shape
+    K = weight.shape[1]
+    BLOCK_C, BLOCK_L, warps = fwd_config()
+    y = torch.empty_like(x)
+    dummy = x
+    init = initial_state if initial_state is not None else dummy
+    seq = seq_idx if seq_idx is not None else dummy
+    _conv_fwd_kernel[(triton.cdiv(length, BLOCK_L), triton.cdiv(channels, BLOCK_C), batch)](
+        x, weight, bias if bias is not None else dummy, init, seq, y,
+        channels, length,
+        *x.stride(), *weight.stride(),
+        *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
+        *(seq_idx.stride() if seq_idx is not None else (0, 0)),
+        *y.stride(),
+        K=K, HAS_BIAS=bias is not None, SILU=silu,
+        HAS_INIT=initial_state is not None, HAS_SEQ=seq_idx is not None,
+        BLOCK_C=BLOCK_C, BLOCK_L=BLOCK_L, num_warps=warps,
+    )
+    return y, conv_final_state(x, initial_state, K)
 
-    @staticmethod
-    def backward(ctx, dy, dfinal):
-        x, weight, bias, initial_state, seq_idx = ctx.saved_tensors
-        batch, channels, length = x.shape
-        K = weight.shape[1]
-        BLOCK_C, BLOCK_L, warps = bwd_config(seq_idx is not None or initial_state is not None)
-        if BLOCK_L <= K - 1:
-            raise ValueError(f"conv backward BLOCK_L={BLOCK_L} must exceed the kernel width - 1")
-        init_grad = initial_state is not None and ctx.needs_input_grad[4]
-        shift = K - 1 if init_grad else 0
-        tiles = triton.cdiv(length + shift, BLOCK_L - (K - 1))
-        cblocks = triton.cdiv(channels, BLOCK_C)
-        splits = _splits(batch, cblocks, tiles, x.device)
-        per_prog = triton.cdiv(tiles, splits)
-        splits = triton.cdiv(tiles, per_prog)
-        if dy is None:
-            dy = torch.zeros_like(x)
-        dx = torch.empty_like(x)
-        dinit = torch.empty(batch, channels, K - 1, device=x.device, dtype=initial_state.dtype) if init_grad else dx
-        dw = torch.empty(batch * splits, channels, K, device=x.device, dtype=torch.float32)
-        db = torch.empty(batch * splits, channels, device=x.device, dtype=torch.float32)
-        dummy = x
-        _conv_bwd_kernel[(cblocks, batch, splits)](
-            x, weight, bias if bias is not None else dummy,
-            initial_state if initial_state is not None else dummy,
-            seq_idx if seq_idx is not None else dummy, dy,
-            dx, dinit, dw, db,
-            channels, length, per_prog,
-            *x.stride(), *weight.stride(),
-            *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
-            *(seq_idx.stride() if seq_idx is not None else (0, 0)),
-            *dy.stride(), *dx.stride(), *(dinit.stride() if init_grad else (0, 0, 0)),
-            K=K, KP=triton.next_power_of_2(K), HAS_BIAS=bias is not None, SILU=ctx.silu,
-            HAS_INIT=initial_state is not None, HAS_SEQ=seq_idx is not None, INIT_GRAD=init_grad,
-            BLOCK_C=BLOCK_C, BLOCK_L=BLOCK_L, num_warps=warps,
-        )
-        if dfinal is not None:
-            # the final state is the last k-1 inputs of [initial_state, x]: route its gradient there
-            dx, dinit = _add_final_state_grad(dfinal, dx, dinit if init_grad else None, length, K)
-        return (
-            dx,
-            dw.sum(0).to(weight.dtype),
-            db.sum(0).to(bias.dtype) if bias is not None else None,
-            None,
-            dinit if init_grad else None,
-            None,
-        )
+
+def _conv_backward(dy, dfinal, x, weight, bias, initial_state, seq_idx, silu, init_grad):
+    """Gradients of (x, weight, bias, initial_state); None where an input is None or, for the
+    initial state, where ``init_grad`` is false."""
+    batch, channels, length = x.shape
+    K = weight.shape[1]
+    BLOCK_C, BLOCK_L, warps = bwd_config(seq_idx is not None or initial_state is not None)
+    if BLOCK_L <= K - 1:
+        raise ValueError(f"conv backward BLOCK_L={BLOCK_L} must exceed the kernel width - 1")
+    init_grad = initial_state is not None and init_grad
+    shift = K - 1 if init_grad else 0
+    tiles = triton.cdiv(length + shift, BLOCK_L - (K - 1))
+    cblocks = triton.cdiv(channels, BLOCK_C)
+    splits = _splits(batch, cblocks, tiles, x.device)
+    per_prog = triton.cdiv(tiles, splits)
+    splits = triton.cdiv(tiles, per_prog)
+    dx = torch.empty_like(x)
+    dinit = torch.empty(batch, channels, K - 1, device=x.device, dtype=initial_state.dtype) if init_grad else dx
+    dw = torch.empty(batch * splits, channels, K, device=x.device, dtype=torch.float32)
+    db = torch.empty(batch * splits, channels, device=x.device, dtype=torch.float32)
+    dummy = x
+    _conv_bwd_kernel[(cblocks, batch, splits)](
+        x, weight, bias if bias is not None else dummy,
+        initial_state if initial_state is not None else dummy,
+        seq_idx if seq_idx is not None else dummy, dy,
+        dx, dinit, dw, db,
+        channels, length, per_prog,
+        *x.stride(), *weight.stride(),
+        *(initial_state.stride() if initial_state is not None else (0, 0, 0)),
+        *(seq_idx.stride() if seq_idx is not None else (0, 0)),
+        *dy.stride(), *dx.stride(), *(dinit.stride() if init_grad else (0, 0, 0)),
+        K=K, KP=triton.next_power_of_2(K), HAS_BIAS=bias is not None, SILU=silu,
+        HAS_INIT=initial_state is not None, HAS_SEQ=seq_idx is not None, INIT_GRAD=init_grad,
+        BLOCK_C=BLOCK_C, BLOCK_L=BLOCK_L, num_warps=warps,
+    )
+    if dfinal is not None:
+        # the final state is the last k-1 inputs of [initial_state, x]: route its gradient there
+        dx, dinit = _add_final_state_grad(dfinal, dx, dinit if init_grad else None, length, K)
+    return (
+        dx,
+        dw.sum(0).to(weight.dtype),
+        db.sum(0).to(bias.dtype) if bias is not None else None,
+        dinit if init_grad else None,
+    )
 
 
 def _add_final_state_grad(dfinal, dx, dinit, length, K):
@@ -273,6 +266,58 @@ def _add_final_state_grad(dfinal, dx, dinit, length, K):
     return dx, dinit
 
 
+# ---------------------------------------------------------------------------------------------
+# the op: torch custom ops, so torch.compile sees one opaque call with its own backward instead of
+# tracing into the launchers (an autograd.Function around Triton launches breaks the graph)
+
+
+@torch.library.custom_op("ablate::causal_conv1d", mutates_args=())
+def _conv_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,
+    initial_state: torch.Tensor | None, seq_idx: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _conv_forward(x, weight, bias, silu, initial_state, seq_idx)
+
+
+@_conv_op.register_fake
+def _(x, weight, bias, silu, initial_state, seq_idx):
+    return torch.empty_like(x), conv_final_state(x, initial_state, weight.shape[1])
+
+
+@torch.library.custom_op("ablate::causal_conv1d_bwd", mutates_args=())
+def _conv_bwd_op(
+    dy: torch.Tensor, dfinal: torch.Tensor | None, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None, seq_idx: torch.Tensor | None, silu: bool, init_grad: bool,
+) -> list[torch.Tensor]:
+    grads = _conv_backward(dy, dfinal, x, weight, bias, initial_state, seq_idx, silu, init_grad)
+    # a custom op returns tensors only: an empty tensor stands for "no gradient"
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+@_conv_bwd_op.register_fake
+def _(dy, dfinal, x, weight, bias, initial_state, seq_idx, silu, init_grad):
+    dinit = x.new_empty(*x.shape[:2], weight.shape[1] - 1, dtype=initial_state.dtype) if initial_state is not None and init_grad else x.new_empty(0)
+    return [torch.empty_like(x), weight.new_empty(weight.shape), bias.new_empty(bias.shape) if bias is not None else x.new_empty(0), dinit]
+
+
+def _conv_setup_context(ctx, inputs, output):
+    x, weight, bias, silu, initial_state, seq_idx = inputs
+    ctx.save_for_backward(x, weight, bias, initial_state, seq_idx)
+    ctx.silu = silu
+    ctx.init_grad = initial_state is not None and initial_state.requires_grad
+
+
+def _conv_grad(ctx, dy, dfinal):
+    x, weight, bias, initial_state, seq_idx = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(x)
+    dx, dw, db, dinit = _conv_bwd_op(dy, dfinal, x, weight, bias, initial_state, seq_idx, ctx.silu, ctx.init_grad)
+    return dx, dw, db if bias is not None else None, None, dinit if ctx.init_grad else None, None
+
+
+_conv_op.register_autograd(_conv_grad, setup_context=_conv_setup_context)
+
+
 def causal_conv1d_triton(x, weight, bias=None, activation="silu", initial_state=None, seq_idx=None):
     """Same contract and return values as ``causal_conv1d_ref``: (y, final_state)."""
     if activation not in (None, "silu"):
@@ -281,4 +326,4 @@ def causal_conv1d_triton(x, weight, bias=None, activation="silu", initial_state=
         from ablate.kernels.conv import causal_conv1d_ref
 
         return causal_conv1d_ref(x, weight, bias, activation, initial_state, seq_idx)
-    return _CausalConv1d.apply(x, weight, bias, activation, initial_state, seq_idx)
+    return tuple(_conv_op(x, weight, bias, activation == "silu", initial_state, seq_idx))

@@ -515,124 +515,192 @@ def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
     return tuple(t.stride()) if t is not None else (0, 0, 0)
 
 
-class _SelectiveScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx):
-        batch, dim, length = u.shape
-        dstate = A.shape[1]
-        BLOCK_D, T, warps = fwd_config(dstate)
-        BLOCK_N = triton.next_power_of_2(dstate)
-        nchunks = triton.cdiv(length, T)
-        store = any(ctx.needs_input_grad)
-        y = torch.empty_like(u)  # keeps u's layout: (b, l, d) storage stays (b, l, d)
-        hlast = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
-        hck = torch.empty(batch, nchunks, dim, dstate, device=u.device, dtype=torch.float32) if store else hlast
-        dummy = u
-        h0 = initial_state if initial_state is not None else dummy
-        seq = seq_idx if seq_idx is not None else dummy
-        seq_strides = seq_idx.stride() if seq_idx is not None else (0, 0)
-        flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq_idx is not None)
-        dblocks = triton.cdiv(dim, BLOCK_D)
-        nseg = segments(batch * dblocks, nchunks, u.device)
-        per_seg = triton.cdiv(nchunks, nseg)
-        nseg = triton.cdiv(nchunks, per_seg)
-        hseg = dummy
-        if nseg > 1:
-            # split sequence: every segment's final state from zero and its decay product, then the
-            # state entering each segment, then all segments in parallel from their entering states
-            S = torch.empty(batch, nseg, dim, dstate, device=u.device, dtype=torch.float32)
-            P = torch.empty_like(S)
-            hseg = torch.empty_like(S)
-            _segment_state_kernel[(dblocks, batch, nseg)](
-                u, delta, A, B, delta_bias if delta_bias is not None else dummy, seq, S, P,
-                dim, length, dstate, nchunks, per_seg,
-                *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *seq_strides,
-                **flags, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, T=T, num_warps=warps,
-            )
-            block = 256
-            _segment_combine_kernel[(triton.cdiv(dim * dstate, block), batch)](
-                S, P, h0, hseg, dim, dstate, nseg, *_strides3(initial_state),
-                HAS_H0=initial_state is not None, BLOCK=block,
-            )
-        _scan_fwd_kernel[(dblocks, batch, nseg)](
-            u, delta, A, B, C,
-            D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, h0, seq,
-            y, hlast, hck, hseg,
+def _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, store):
+    """(y, final state, the states entering every chunk when ``store``, else an empty tensor)."""
+    batch, dim, length = u.shape
+    dstate = A.shape[1]
+    BLOCK_D, T, warps = fwd_config(dstate)
+    BLOCK_N = triton.next_power_of_2(dstate)
+    nchunks = triton.cdiv(length, T)
+    y = torch.empty_like(u)  # keeps u's layout: (b, l, d) storage stays (b, l, d)
+    hlast = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
+    hck = torch.empty(batch, nchunks if store else 0, dim, dstate, device=u.device, dtype=torch.float32)
+    dummy = u
+    h0 = initial_state if initial_state is not None else dummy
+    seq = seq_idx if seq_idx is not None else dummy
+    seq_strides = seq_idx.stride() if seq_idx is not None else (0, 0)
+    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq_idx is not None)
+    dblocks = triton.cdiv(dim, BLOCK_D)
+    nseg = segments(batch * dblocks, nchunks, u.device)
+    per_seg = triton.cdiv(nchunks, nseg)
+    nseg = triton.cdiv(nchunks, per_seg)
+    hseg = dummy
+    if nseg > 1:
+        # split sequence: every segment's final state from zero and its decay product, then the
+        # state entering each segment, then all segments in parallel from their entering states
+        S = torch.empty(batch, nseg, dim, dstate, device=u.device, dtype=torch.float32)
+        P = torch.empty_like(S)
+        hseg = torch.empty_like(S)
+        _segment_state_kernel[(dblocks, batch, nseg)](
+            u, delta, A, B, delta_bias if delta_bias is not None else dummy, seq, S, P,
             dim, length, dstate, nchunks, per_seg,
-            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
-            *y.stride(), *(_strides3(initial_state)), *seq_strides,
-            HAS_D=D is not None, HAS_Z=z is not None, **flags,
-            HAS_H0=initial_state is not None, STORE_CK=store, SEGMENTED=nseg > 1,
-            BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, T=T, num_warps=warps,
+            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *seq_strides,
+            **flags, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, T=T, num_warps=warps,
         )
-        if store:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, seq_idx, hck)
-            ctx.softplus, ctx.T = bool(delta_softplus), T
-            ctx.h0_dtype = initial_state.dtype if initial_state is not None else None
-        return y, hlast
+        block = 256
+        _segment_combine_kernel[(triton.cdiv(dim * dstate, block), batch)](
+            S, P, h0, hseg, dim, dstate, nseg, *_strides3(initial_state),
+            HAS_H0=initial_state is not None, BLOCK=block,
+        )
+    _scan_fwd_kernel[(dblocks, batch, nseg)](
+        u, delta, A, B, C,
+        D if D is not None else dummy, z if z is not None else dummy,
+        delta_bias if delta_bias is not None else dummy, h0, seq,
+        y, hlast, hck, hseg,
+        dim, length, dstate, nchunks, per_seg,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
+        *y.stride(), *(_strides3(initial_state)), *seq_strides,
+        HAS_D=D is not None, HAS_Z=z is not None, **flags,
+        HAS_H0=initial_state is not None, STORE_CK=store, SEGMENTED=nseg > 1,
+        BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, T=T, num_warps=warps,
+    )
+    return y, hlast, hck
 
-    @staticmethod
-    def backward(ctx, dy, dhlast):
-        u, delta, A, B, C, D, z, delta_bias, seq_idx, hck = ctx.saved_tensors
-        batch, dim, length = u.shape
-        dstate = A.shape[1]
-        T = ctx.T
-        BLOCK_D, warps, dot = bwd_config(dstate, T)
-        BLOCK_N = triton.next_power_of_2(dstate)
-        nchunks = hck.shape[1]
-        dev, f32 = u.device, torch.float32
-        if dy is None:
-            dy = torch.zeros_like(u)
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
-        # fp32 accumulators for the sums over channels, laid out like B / C ((b, l, n) storage when
-        # B and C are (b, n, l) views, as the model passes them)
-        dB = _zeros_like_layout(B, f32)
-        dC = _zeros_like_layout(C, f32)
-        dA = torch.empty(batch, dim, dstate, device=dev, dtype=f32)
-        dD = torch.empty(batch, dim, device=dev, dtype=f32)
-        dbias = torch.empty(batch, dim, device=dev, dtype=f32)
-        dh0 = torch.empty(batch, dim, dstate, device=dev, dtype=f32)
-        dummy = u
-        dhl = dhlast.float().contiguous() if dhlast is not None else dummy
-        grid = (triton.cdiv(dim, BLOCK_D), batch)
-        _scan_bwd_kernel[grid](
-            u, delta, A, B, C,
-            D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy,
-            seq_idx if seq_idx is not None else dummy, hck, dy, dhl,
-            du, ddelta, dz if dz is not None else du, dA, dB, dC, dD, dbias, dh0,
-            dim, length, dstate, nchunks,
-            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
-            *(seq_idx.stride() if seq_idx is not None else (0, 0)),
-            *dy.stride(), *du.stride(), *ddelta.stride(), *_strides3(dz), *dB.stride(), *dC.stride(),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
-            HAS_SEQ=seq_idx is not None, HAS_DHL=dhlast is not None,
-            # fp32 inputs keep fp32-level sums (3 tf32 passes); bf16 gradients round coarser anyway
-            DOT_REDUCE=dot, DOT_PRECISION="tf32x3" if u.dtype == torch.float32 else "tf32", FLIP_SCAN=True,
-            BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, T=T, num_warps=warps,
-        )
-        return (
-            du,
-            ddelta,
-            dA.sum(0).to(A.dtype),
-            dB.to(B.dtype),
-            dC.to(C.dtype),
-            dD.sum(0).to(D.dtype) if D is not None else None,
-            dz,
-            dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
-            None,
-            dh0.to(ctx.h0_dtype) if ctx.h0_dtype is not None else None,
-            None,
-        )
+
+def _scan_backward(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state, delta_softplus):
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state); None where an input is."""
+    batch, dim, length = u.shape
+    dstate = A.shape[1]
+    T = fwd_config(dstate)[1]
+    BLOCK_D, warps, dot = bwd_config(dstate, T)
+    BLOCK_N = triton.next_power_of_2(dstate)
+    nchunks = hck.shape[1]
+    dev, f32 = u.device, torch.float32
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    # fp32 accumulators for the sums over channels, laid out like B / C ((b, l, n) storage when
+    # B and C are (b, n, l) views, as the model passes them)
+    dB = _zeros_like_layout(B, f32)
+    dC = _zeros_like_layout(C, f32)
+    dA = torch.empty(batch, dim, dstate, device=dev, dtype=f32)
+    dD = torch.empty(batch, dim, device=dev, dtype=f32)
+    dbias = torch.empty(batch, dim, device=dev, dtype=f32)
+    dh0 = torch.empty(batch, dim, dstate, device=dev, dtype=f32)
+    dummy = u
+    dhl = dhlast.float().contiguous() if dhlast is not None else dummy
+    grid = (triton.cdiv(dim, BLOCK_D), batch)
+    _scan_bwd_kernel[grid](
+        u, delta, A, B, C,
+        D if D is not None else dummy, z if z is not None else dummy,
+        delta_bias if delta_bias is not None else dummy,
+        seq_idx if seq_idx is not None else dummy, hck, dy, dhl,
+        du, ddelta, dz if dz is not None else du, dA, dB, dC, dD, dbias, dh0,
+        dim, length, dstate, nchunks,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
+        *(seq_idx.stride() if seq_idx is not None else (0, 0)),
+        *dy.stride(), *du.stride(), *ddelta.stride(), *_strides3(dz), *dB.stride(), *dC.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        HAS_SEQ=seq_idx is not None, HAS_DHL=dhlast is not None,
+        # fp32 inputs keep fp32-level sums (3 tf32 passes); bf16 gradients round coarser anyway
+        DOT_REDUCE=dot, DOT_PRECISION="tf32x3" if u.dtype == torch.float32 else "tf32", FLIP_SCAN=True,
+        BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, T=T, num_warps=warps,
+    )
+    return (
+        du,
+        ddelta,
+        dA.sum(0).to(A.dtype),
+        dB.to(B.dtype),
+        dC.to(C.dtype),
+        dD.sum(0).to(D.dtype) if D is not None else None,
+        dz,
+        dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+        dh0.to(initial_state.dtype) if initial_state is not None else None,
+    )
+
+
+def _empty_like_layout(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # t's memory layout when t is a dense permutation (e.g. a transposed view)
+    if t.dim() == 3 and t.stride(1) == 1 and t.stride(2) == t.shape[1]:
+        return t.new_empty(t.shape[0], t.shape[2], t.shape[1], dtype=dtype).transpose(1, 2)
+    return t.new_empty(t.shape, dtype=dtype)
 
 
 def _zeros_like_layout(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    # zeros with t's memory layout when t is a dense permutation (e.g. a transposed view)
-    if t.dim() == 3 and t.stride(1) == 1 and t.stride(2) == t.shape[1]:
-        return torch.zeros(t.shape[0], t.shape[2], t.shape[1], device=t.device, dtype=dtype).transpose(1, 2)
-    return torch.zeros(t.shape, device=t.device, dtype=dtype)
+    return _empty_like_layout(t, dtype).zero_()
+
+
+# ---------------------------------------------------------------------------------------------
+# the op: torch custom ops, so torch.compile sees one opaque call with its own backward instead of
+# tracing into the launchers (an autograd.Function around Triton launches breaks the graph)
+
+@torch.library.custom_op("ablate::selective_scan", mutates_args=())
+def _scan_op(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None,
+    z: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool, initial_state: torch.Tensor | None,
+    seq_idx: torch.Tensor | None, store: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, store)
+
+
+@_scan_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, store):
+    batch, dim, length = u.shape
+    dstate = A.shape[1]
+    nchunks = triton.cdiv(length, fwd_config(dstate)[1]) if store else 0
+    f32 = torch.float32
+    return torch.empty_like(u), u.new_empty(batch, dim, dstate, dtype=f32), u.new_empty(batch, nchunks, dim, dstate, dtype=f32)
+
+
+@torch.library.custom_op("ablate::selective_scan_bwd", mutates_args=())
+def _scan_bwd_op(
+    dy: torch.Tensor, dhlast: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+    B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+    seq_idx: torch.Tensor | None, hck: torch.Tensor, initial_state: torch.Tensor | None, delta_softplus: bool,
+) -> list[torch.Tensor]:
+    grads = _scan_backward(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state, delta_softplus)
+    # a custom op returns tensors only: an empty tensor stands for "no gradient"
+    return [g if g is not None else u.new_empty(0) for g in grads]
+
+
+@_scan_bwd_op.register_fake
+def _(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state, delta_softplus):
+    def like(t):  # contiguous, as the real op's reductions return them
+        return t.new_empty(t.shape) if t is not None else u.new_empty(0)
+
+    batch, dim, _ = u.shape
+    dh0 = initial_state.new_empty(batch, dim, A.shape[1]) if initial_state is not None else u.new_empty(0)
+    return [
+        torch.empty_like(u), torch.empty_like(delta), like(A), _empty_like_layout(B, B.dtype), _empty_like_layout(C, C.dtype),
+        like(D), torch.empty_like(z) if z is not None else u.new_empty(0), like(delta_bias), dh0,
+    ]
+
+
+def _scan_setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, store = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, seq_idx, output[2], initial_state)
+    ctx.softplus, ctx.stored = bool(delta_softplus), store
+
+
+def _scan_grad(ctx, dy, dhlast, _dhck):
+    if not ctx.stored:
+        raise RuntimeError("selective scan: backward through a forward run without gradients enabled")
+    u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(u)
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _scan_bwd_op(
+        dy, dhlast, u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state, ctx.softplus
+    )
+
+    def given(grad, t):
+        return grad if t is not None else None
+
+    return (
+        du, ddelta, dA, dB, dC, given(dD, D), given(dz, z), given(dbias, delta_bias), None,
+        given(dh0, initial_state), None, None,
+    )
+
+
+_scan_op.register_autograd(_scan_grad, setup_context=_scan_setup_context)
 
 
 def selective_scan_triton(
@@ -643,4 +711,8 @@ def selective_scan_triton(
         from ablate.kernels.selective_scan import selective_scan_ref
 
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx)
-    return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx)
+    # the chunk entry states are kept only when a backward can follow
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    store = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    y, hlast, _ = _scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state, seq_idx, store)
+    return y, hlast
