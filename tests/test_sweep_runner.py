@@ -255,3 +255,40 @@ def test_a_wrapped_ctrl_c_stops_the_sweep_as_interrupted(tmp_path):
     assert res.interrupted and res.outcomes[-1].status == "interrupted"
     assert read_json(tmp_path / "runs" / ".sweep" / "table3-samba.json")["train"]["status"] == "interrupted"
     assert read_json(tmp_path / "runs" / "table3-samba" / "run.json")["status"] == "failed"
+
+
+def test_time_limit_pauses_training_and_a_rerun_resumes(tmp_path):
+    from ablate.sweep.stages import StagePaused
+
+    class Stages(FakeStages):
+        def train(self, sweep, job, run_dir, data_dir, resume, quiet=False, stop_after_s=None):
+            self.calls.append(("limit", job.run_name, stop_after_s))
+            if job.run_name == "table3-samba" and stop_after_s is not None:
+                RunDir(run_dir).path.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(RunDir(run_dir).run_json, {"variant": job.variant, "scale": "tiny", "status": "paused", "config_hash": f"trainer-{job.train['steps']}", "step": 2})
+                raise StagePaused("paused at step 2 (time limit)")
+            return super().train(sweep, job, run_dir, data_dir, resume, quiet)
+
+    path = sweep_file(tmp_path)
+    _, fake, res = run(tmp_path, path, fake=Stages(), time_limit=3600)
+    assert res.paused and not res.interrupted and not res.failed
+    assert [(o.run, o.stage, o.status) for o in res.outcomes][-1] == ("table3-samba", "train", "paused")
+    limits = [c[2] for c in fake.calls if c[0] == "limit"]
+    assert len(limits) == 2 and all(0 < x <= 3600 for x in limits)  # what is left of the limit
+    assert ("eval", "table3-samba", "recall") not in fake.calls  # nothing after the pause
+    assert read_json(tmp_path / "runs" / ".sweep" / "table3-samba.json")["train"]["status"] == "paused"
+    plans = {jp.job.run_name: jp for jp in plan_mod.plan_sweep(load_sweep("t", path), tmp_path / "runs", ["train", "eval", "bench"])}
+    assert plans["table3-samba"].items[0].action == "resume" and "paused" in plans["table3-samba"].items[0].reason
+
+    _, fake, res = run(tmp_path, path, fake=Stages(), time_limit=0)  # no time left: nothing starts
+    assert res.paused and stage_calls(fake) == []
+    _, fake, res = run(tmp_path, path, fake=Stages())
+    assert not res.paused and ("eval", "table3-samba", "recall") in fake.calls
+    assert [c for c in fake.calls if c[0] == "limit"] == [("limit", "table3-samba", None)]
+
+
+def test_time_limit_exit_code_says_rerun(tmp_path):
+    # no time at all: nothing starts (no training, no data preparation)
+    result = CliRunner().invoke(app, ["sweep", "t", "--file", str(sweep_file(tmp_path)), "--root", str(tmp_path / "runs"), "--time-limit", "0"])
+    assert result.exit_code == 75, result.output
+    assert "time limit reached" in result.output and "rerun `ablate sweep t`" in result.output

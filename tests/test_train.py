@@ -156,3 +156,16 @@ def test_default_data_out_of_the_box(tmp_path, monkeypatch):
     cached = list((tmp_path / "cache").iterdir())
     r2 = run_training("table3-llama3", "tiny", out=tmp_path / "run2", steps=1, settings=dict(SMALL, eval_every=0, val_windows=2), quiet=True)
     assert list((tmp_path / "cache").iterdir()) == cached and RunDir(r2.run_dir).info()["data"]["dir"] == info["data"]["dir"]
+
+
+def test_time_limit_pauses_at_a_checkpoint_and_resume_continues_exactly(tmp_path, tiny_data):
+    settings = dict(SMALL, eval_every=0, ckpt_every=5)
+    paused = run_training("table1-06-llama", "tiny", out=tmp_path / "a", data=tiny_data, steps=8, settings=dict(settings, stop_after_s=1e-6), quiet=True)
+    assert paused.status == "paused" and paused.step == 1  # the first step ends past the limit
+    info = RunDir(tmp_path / "a").info()
+    assert info["status"] == "paused" and info["step"] == 1 and info["last_checkpoint"] == "checkpoints/step-00000001"
+    assert not (tmp_path / "a" / "model").exists()
+    done = run_training("table1-06-llama", "tiny", out=tmp_path / "a", data=tiny_data, steps=8, settings=settings, resume=True, quiet=True)
+    whole = run_training("table1-06-llama", "tiny", out=tmp_path / "b", data=tiny_data, steps=8, settings=settings, quiet=True)
+    assert done.status == "complete" and done.config_hash == paused.config_hash == whole.config_hash
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")

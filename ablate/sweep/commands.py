@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 ACTION_STYLE = {"run": "cyan", "resume": "yellow", "rerun": "magenta", "skip": "green", "blocked": "red"}
-STATUS_STYLE = {"ok": "green", "skipped": "dim", "failed": "red", "interrupted": "yellow", "not run": "red"}
+STATUS_STYLE = {"ok": "green", "skipped": "dim", "failed": "red", "interrupted": "yellow", "not run": "red", "paused": "yellow"}
+TIME_LIMIT_EXIT = 75  # EX_TEMPFAIL: not done, not failed; run the same command again
 
 
 def _hours(seconds: float | None) -> str:
@@ -92,6 +93,9 @@ def register(app: typer.Typer) -> None:
         fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first failing stage (default: record it and go on)"),
         out: Path = typer.Option(None, "--out", "-o", help="report folder (default reports/NAME)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="only the sweep's own progress, not each stage's"),
+        time_limit: float = typer.Option(None, "--time-limit", metavar="SECONDS", min=0,
+                                         help="stop cleanly after this long (a machine lease): training checkpoints and pauses, no stage starts later; "
+                                              "exit code 75 says 'rerun to continue'"),
     ):
         """Run a named sweep: train, eval, bench and report every variant x seed into a run root, skipping
         stages whose results exist under the same config hash; safe to interrupt and rerun."""
@@ -120,7 +124,8 @@ def register(app: typer.Typer) -> None:
         run_root = root or Path("runs") / sweep.name
         if root is not None and not root.exists() and stage_list == ["report"]:
             fail(f"--root {root}: no such run root")
-        runner = SweepRunner(sweep, run_root, stage_list, only=only_names, fail_fast=fail_fast, report_out=out, console=console, quiet_stages=quiet)
+        runner = SweepRunner(sweep, run_root, stage_list, only=only_names, fail_fast=fail_fast, report_out=out, console=console, quiet_stages=quiet,
+                             time_limit=time_limit)
         if dry_run:
             print_plan(console, sweep, run_root, runner.plan(), stage_list)
             return
@@ -134,5 +139,8 @@ def register(app: typer.Typer) -> None:
         if result.interrupted:
             console.print(f"interrupted: finished stages are kept; rerun `ablate sweep {name}` to do only what is missing", highlight=False)
             raise typer.Exit(130)
+        if result.paused:
+            console.print(f"time limit reached: finished stages and training checkpoints are kept; rerun `ablate sweep {name}` to continue", highlight=False)
+            raise typer.Exit(TIME_LIMIT_EXIT)
         if result.failed:
             raise typer.Exit(1)

@@ -10,7 +10,9 @@ Robustness, by construction:
   line; a run whose train config changed is moved aside to ``RUN_ROOT/.superseded/`` (never deleted)
   and trained afresh;
 - a failing stage is recorded and the sweep goes on with the next run (``fail_fast`` stops it); the
-  later stages of a run whose training failed are not attempted.
+  later stages of a run whose training failed are not attempted;
+- with a time limit (a fixed-length machine lease), training checkpoints and pauses when the time is
+  up and no stage starts after it; the next invocation resumes where this one stopped.
 """
 
 from __future__ import annotations
@@ -25,8 +27,13 @@ from ablate.rundir import RunDirError, write_json_atomic
 from ablate.sweep import stages as default_stages
 from ablate.sweep.plan import BLOCKED, RERUN, RESUME, RUN, SKIP, SUPERSEDED_DIR, JobPlan, StageItem, ledger_path, plan_job, read_ledger
 from ablate.sweep.spec import Sweep
+from ablate.sweep.stages import StagePaused
 
-OK, SKIPPED, FAILED, INTERRUPTED, NOT_RUN = "ok", "skipped", "failed", "interrupted", "not run"
+OK, SKIPPED, FAILED, INTERRUPTED, NOT_RUN, PAUSED = "ok", "skipped", "failed", "interrupted", "not run", "paused"
+
+
+class _TimeUp(Exception):
+    """The sweep's time limit: stop before the next stage (no report: the runs are unfinished)."""
 
 
 @dataclass
@@ -34,7 +41,7 @@ class Outcome:
     run: str
     stage: str  # train | eval:SUITE | bench | report
     action: str  # what the plan said: run | resume | rerun | skip | blocked
-    status: str  # ok | skipped | failed | interrupted | not run
+    status: str  # ok | skipped | failed | interrupted | not run | paused
     seconds: float = 0.0
     message: str = ""
 
@@ -43,6 +50,7 @@ class Outcome:
 class SweepResult:
     outcomes: list[Outcome] = field(default_factory=list)
     interrupted: bool = False
+    paused: bool = False  # the time limit stopped the sweep; rerunning continues it
     report_dir: Path | None = None
 
     @property
@@ -62,7 +70,8 @@ def _first_line(e: BaseException) -> str:
 
 class SweepRunner:
     def __init__(self, sweep: Sweep, root: Path, stages: list[str], *, only: list[str] | None = None, fail_fast: bool = False,
-                 report_out: Path | None = None, console=None, adapters=default_stages, quiet_stages: bool = False):
+                 report_out: Path | None = None, console=None, adapters=default_stages, quiet_stages: bool = False,
+                 time_limit: float | None = None):
         from ablate.console import console as default_console
 
         self.sweep, self.root, self.stages, self.only = sweep, Path(root), stages, only
@@ -70,6 +79,8 @@ class SweepRunner:
         self.console = console or default_console
         self.adapters = adapters
         self.quiet_stages = quiet_stages
+        self.time_limit = time_limit  # seconds for this invocation (None: no limit)
+        self._deadline: float | None = None
         self._data_dir: Path | None = None
 
     # ---- the ledger -----------------------------------------------------------------------------
@@ -111,7 +122,8 @@ class SweepRunner:
             if item.action == RERUN or leftover:  # leftover: files but no run.json (the trainer would refuse)
                 self._supersede(jp)
             self._record(jp, "train", spec_hash=item.expected, spec=item.spec, status="running", started=_now(), result_hash=None, error=None)
-            return self.adapters.train(self.sweep, job, run_path, data_dir, resume=item.action == RESUME, quiet=self.quiet_stages)
+            limit = {} if self._deadline is None else {"stop_after_s": self._deadline - time.monotonic()}
+            return self.adapters.train(self.sweep, job, run_path, data_dir, resume=item.action == RESUME, quiet=self.quiet_stages, **limit)
         self._record(jp, item.key, spec_hash=item.expected, spec=item.spec, status="running", started=_now(), result_hash=None, error=None)
         if item.stage == "eval":
             return self.adapters.evaluate(job, run_path, item.suite, progress=not self.quiet_stages)
@@ -135,6 +147,7 @@ class SweepRunner:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         result = SweepResult()
+        self._deadline = time.monotonic() + self.time_limit if self.time_limit is not None else None
         initial = self.plan()
         todo = sum(1 for jp in initial for i in jp.items if i.todo) + (1 if "report" in self.stages else 0)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -160,11 +173,19 @@ class SweepRunner:
                                 done += 1
                                 bar.update(task, completed=done)
                             continue
+                        if self._deadline is not None and time.monotonic() >= self._deadline:
+                            result.paused = True
+                            raise _TimeUp
                         bar.update(task, description=f"[{n + 1}/{len(initial)}] {label} ({item.action})")
                         self.console.print(f"[{done + 1}/{todo}] {label}: {item.action} ({item.reason})", highlight=False)
                         t0 = time.time()
                         try:
                             result_hash = self._execute(jp, item)
+                        except StagePaused as e:
+                            self._record(jp, item.key, status="paused", finished=_now(), error=str(e))
+                            result.outcomes.append(Outcome(job.run_name, item.key, item.action, PAUSED, time.time() - t0, str(e)))
+                            result.paused = True
+                            raise _TimeUp from None
                         except (KeyboardInterrupt, SystemExit) as e:
                             why = "Ctrl-C" if isinstance(e, KeyboardInterrupt) else "exit"
                             self._record(jp, item.key, status="interrupted", finished=_now(), error=f"interrupted ({why})")
@@ -202,6 +223,8 @@ class SweepRunner:
             except KeyboardInterrupt:
                 result.interrupted = True
                 bar.update(task, description="interrupted")
+            except _TimeUp:
+                bar.update(task, description="time limit reached")
         return result
 
     def _report(self, result: SweepResult) -> Path | None:

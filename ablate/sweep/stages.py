@@ -26,6 +26,10 @@ class StageError(RuntimeError):
     """A stage that failed; the message is one line."""
 
 
+class StagePaused(RuntimeError):
+    """Training that checkpointed and stopped at the sweep's time limit; rerunning resumes it."""
+
+
 def prepare_data(sweep: Sweep, quiet: bool = True) -> Path:
     """The sweep's training corpus, prepared once (cached by what it was made from) and shared by
     every run: ``data.dir`` when given, else ``data.sources`` tokenized with a BPE of the scale's
@@ -58,14 +62,21 @@ def train_settings(job: Job) -> dict:
     return settings
 
 
-def train(sweep: Sweep, job: Job, run_dir: Path, data_dir: Path, resume: bool, quiet: bool = False) -> str:
+def train(sweep: Sweep, job: Job, run_dir: Path, data_dir: Path, resume: bool, quiet: bool = False, stop_after_s: float | None = None) -> str:
+    """Train (or resume) one run; with ``stop_after_s`` it checkpoints and raises StagePaused when
+    that many seconds have passed."""
     from ablate.train.settings import TrainError
     from ablate.train.trainer import run_training
 
+    settings = train_settings(job)
+    if stop_after_s is not None:
+        settings["stop_after_s"] = max(float(stop_after_s), 1e-3)  # 0 would mean "no limit"
     try:
-        result = run_training(job.variant, sweep.scale, out=run_dir, data=data_dir, resume=resume, settings=train_settings(job), quiet=quiet)
+        result = run_training(job.variant, sweep.scale, out=run_dir, data=data_dir, resume=resume, settings=settings, quiet=quiet)
     except TrainError as e:
         raise StageError(str(e)) from None
+    if result.status == "paused":
+        raise StagePaused(f"paused at step {result.step} (time limit)")
     if result.status != "complete":
         raise StageError(f"training ended with status {result.status!r} at step {result.step}")
     return result.config_hash

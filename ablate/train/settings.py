@@ -49,6 +49,9 @@ class TrainSettings:
     export_every: int = 0  # also export model/ every N steps (0: at the end only)
     save_checkpoints: bool = True  # False: no checkpoints at all (throughput measurements)
     export_model: bool = True  # False: no model/ at the end (throughput measurements)
+    # wall-clock seconds after which the run checkpoints and pauses (status 'paused'; --resume goes on);
+    # 0: no limit. For fixed-length machine leases: a sweep passes what is left of its --time-limit
+    stop_after_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
     IDENTITY = (
@@ -75,6 +78,7 @@ class TrainSettings:
         need(0 <= self.decay_fraction <= 1, "decay_fraction", "must be in [0, 1]")
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
         need(self.micro_batch >= 0, "micro_batch", "must be >= 0")
+        need(self.stop_after_s >= 0, "stop_after_s", "must be >= 0 (0: no limit)")
         need(self.dtype in ("auto", "fp32", "bf16"), "dtype", "one of auto, fp32, bf16")
         need(self.compile in ("auto", "on", "off"), "compile", "one of auto, on, off")
         need(self.fsdp in ("auto", "on", "off"), "fsdp", "one of auto, on, off")

@@ -41,7 +41,7 @@ _NOT_IDENTITY = ("transformers_version", "architectures", "_name_or_path", "dtyp
 @dataclass
 class TrainResult:
     run_dir: Path
-    status: str  # complete | failed
+    status: str  # complete | paused (stop_after_s reached; resumable) | failed
     step: int
     tokens: int
     loss: float | None
@@ -309,6 +309,25 @@ class _Trainer:
     def _state(self) -> dict:
         return {"tokens": self.tokens, "config_hash": self.chash, "loss": self.last_loss, "val_loss": self.val_loss, "val_loss_initial": self.val_loss_initial}
 
+    def _time_is_up(self, t_begin: float) -> bool:
+        if not self.s.stop_after_s:
+            return False
+        # every rank stops at the same step: rank 0's clock decides
+        return bool(self.d.broadcast(time.perf_counter() - t_begin >= self.s.stop_after_s))
+
+    def _pause(self, t_begin: float) -> TrainResult:
+        """stop_after_s reached: checkpoint (unless this step just did), mark the run paused."""
+        s = self.s
+        if s.save_checkpoints and not (s.ckpt_every and self.step % s.ckpt_every == 0):
+            self.save_checkpoint()
+        if self.d.is_main:
+            self.run.update_info(status="paused", step=self.step, tokens=self.tokens)
+        self.reporter.close()
+        if self.say:
+            _say(f"paused: {self.run.path} at step {self.step} of {s.steps} after {time.perf_counter() - t_begin:.0f} s "
+                 f"(stop_after_s={s.stop_after_s:g}); continue with --resume")
+        return TrainResult(self.run.path, "paused", self.step, self.tokens, self.last_loss, self.val_loss, self.val_loss_initial, 0.0, self.chash)
+
     def save_checkpoint(self) -> Path:
         path = self.ckpt.save(self.step, self.model, self.optimizer, self.scheduler, self._state())
         if self.d.is_main:
@@ -354,6 +373,7 @@ class _Trainer:
     # ---- the loop ----------------------------------------------------------------------------
     def train(self, resume: bool) -> TrainResult:
         s, d = self.s, self.d
+        t_begin = time.perf_counter()  # stop_after_s counts from here: loading and compiling included
         self.ckpt.clean_partial()
         if resume:
             path = latest_checkpoint(self.run.checkpoints_dir)
@@ -437,6 +457,8 @@ class _Trainer:
                 self.save_checkpoint()
             if s.export_model and s.export_every and self.step % s.export_every == 0 and not last:
                 self.export()
+            if not last and self._time_is_up(t_begin):
+                return self._pause(t_begin)
 
         if s.export_model:
             self.export()
