@@ -78,7 +78,7 @@ class TrainSettings:
         need(0 <= self.decay_fraction <= 1, "decay_fraction", "must be in [0, 1]")
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
         need(self.micro_batch >= 0, "micro_batch", "must be >= 0")
-        need(self.stop_after_s >= 0, "stop_after_s", "must be >= 0 (0: no limit)")
+        need(isinstance(self.stop_after_s, (int, float)) and self.stop_after_s >= 0, "stop_after_s", f"must be a number of seconds >= 0 (0: no limit), got {self.stop_after_s!r}")
         need(self.dtype in ("auto", "fp32", "bf16"), "dtype", "one of auto, fp32, bf16")
         need(self.compile in ("auto", "on", "off"), "compile", "one of auto, on, off")
         need(self.fsdp in ("auto", "on", "off"), "fsdp", "one of auto, on, off")
