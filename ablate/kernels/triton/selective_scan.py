@@ -567,11 +567,11 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_s
     return y, hlast, hck
 
 
-def _scan_backward(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state, delta_softplus):
-    """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state); None where an input is."""
+def _scan_backward(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state, delta_softplus, T):
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state); None where an input is.
+    T: the forward's chunk length (``hck`` holds the state entering each chunk)."""
     batch, dim, length = u.shape
     dstate = A.shape[1]
-    T = fwd_config(dstate)[1]
     BLOCK_D, warps, dot = bwd_config(dstate, T)
     BLOCK_N = triton.next_power_of_2(dstate)
     nchunks = hck.shape[1]
@@ -655,15 +655,15 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_id
 def _scan_bwd_op(
     dy: torch.Tensor, dhlast: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
-    seq_idx: torch.Tensor | None, hck: torch.Tensor, initial_state: torch.Tensor | None, delta_softplus: bool,
+    seq_idx: torch.Tensor | None, hck: torch.Tensor, initial_state: torch.Tensor | None, delta_softplus: bool, T: int,
 ) -> list[torch.Tensor]:
-    grads = _scan_backward(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state, delta_softplus)
+    grads = _scan_backward(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state, delta_softplus, T)
     # a custom op returns tensors only: an empty tensor stands for "no gradient"
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
 @_scan_bwd_op.register_fake
-def _(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state, delta_softplus):
+def _(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state, delta_softplus, T):
     def like(t):  # contiguous, as the real op's reductions return them
         return t.new_empty(t.shape) if t is not None else u.new_empty(0)
 
@@ -679,6 +679,7 @@ def _scan_setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, store = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, seq_idx, output[2], initial_state)
     ctx.softplus, ctx.stored = bool(delta_softplus), store
+    ctx.T = fwd_config(A.shape[1])[1]  # the chunk length the forward used (read once, here)
 
 
 def _scan_grad(ctx, dy, dhlast, _dhck):
@@ -688,7 +689,7 @@ def _scan_grad(ctx, dy, dhlast, _dhck):
     if dy is None:
         dy = torch.zeros_like(u)
     du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _scan_bwd_op(
-        dy, dhlast, u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state, ctx.softplus
+        dy, dhlast, u, delta, A, B, C, D, z, delta_bias, seq_idx, hck, initial_state, ctx.softplus, ctx.T
     )
 
     def given(grad, t):
