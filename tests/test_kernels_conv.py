@@ -3,21 +3,12 @@ parity run is `python -m ablate.bench.kernels --parity`."""
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    # before anything imports triton: triton.jit decides interpreted-or-compiled when it decorates,
-    # triton's own library functions included
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 from ablate.bench.kernels import poisoned_allocations, rel_err
 from ablate.kernels.conv import causal_conv1d
-from kernel_support import assert_compiles_like_eager
+from kernel_support import assert_compiles_like_eager, use_interpreter
 
 triton = pytest.importorskip("triton", reason="the Triton fast path needs triton installed")
 
@@ -26,17 +17,9 @@ KERNEL_MODULE = "ablate.kernels.triton.conv1d"
 
 @pytest.fixture
 def interpreted(monkeypatch):
-    """CPU through the interpreter; 8-position tiles so short lengths span several tiles (the
-    backward's tiles overlap by k-1 and several programs split the weight-gradient sum)."""
-    if type(triton.language.standard.zeros).__name__ != "InterpretedFunction":
-        pytest.fail("triton was imported before TRITON_INTERPRET=1 was set; run with TRITON_INTERPRET=1 in the environment")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("ABLATE_TRITON_ON_CPU", "1")
-    monkeypatch.setenv("ABLATE_CONV_FWD_CONFIG", "16,8,2")
-    monkeypatch.setenv("ABLATE_CONV_BWD_CONFIG", "16,8,2")
-    module = sys.modules.get(KERNEL_MODULE)
-    if module is not None and type(module._conv_fwd_kernel).__name__ != "InterpretedFunction":
-        importlib.reload(module)
+    """The Triton path on CPU; 8-position tiles so short lengths span several tiles (the backward's
+    tiles overlap by k-1 and several programs split the weight-gradient sum)."""
+    use_interpreter(monkeypatch, KERNEL_MODULE, "_conv_fwd_kernel", ABLATE_CONV_FWD_CONFIG="16,8,2", ABLATE_CONV_BWD_CONFIG="16,8,2")
 
 
 def _inputs(b, c, l, k, *, layout="model", init=False, docs=False, bias=True, seed=0):

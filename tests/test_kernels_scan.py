@@ -4,21 +4,12 @@ interpreter runs every scan element in Python). The GPU parity run is `python -m
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    # before anything imports triton: triton.jit decides interpreted-or-compiled when it decorates,
-    # triton's own library functions included
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 from ablate.bench.kernels import poisoned_allocations, rel_err
 from ablate.kernels.selective_scan import selective_scan
-from kernel_support import assert_compiles_like_eager
+from kernel_support import assert_compiles_like_eager, use_interpreter
 
 triton = pytest.importorskip("triton", reason="the Triton fast path needs triton installed")
 
@@ -27,17 +18,9 @@ KERNEL_MODULE = "ablate.kernels.triton.selective_scan"
 
 @pytest.fixture
 def interpreted(monkeypatch):
-    """Opt the CPU into the Triton path, through the interpreter, with launch configurations small
-    enough that the tests' lengths span several chunks (T=8) and channels span several programs."""
-    if type(triton.language.standard.zeros).__name__ != "InterpretedFunction":
-        pytest.fail("triton was imported before TRITON_INTERPRET=1 was set; run with TRITON_INTERPRET=1 in the environment")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("ABLATE_TRITON_ON_CPU", "1")
-    monkeypatch.setenv("ABLATE_SCAN_FWD_CONFIG", "8,8,2")
-    monkeypatch.setenv("ABLATE_SCAN_BWD_CONFIG", "8,2,0")
-    module = sys.modules.get(KERNEL_MODULE)
-    if module is not None and type(module._scan_fwd_kernel).__name__ != "InterpretedFunction":
-        importlib.reload(module)  # imported before TRITON_INTERPRET was set: re-decorate the kernels
+    """The Triton path on CPU, with launch configurations small enough that the tests' lengths span
+    several chunks (T=8) and channels span several programs."""
+    use_interpreter(monkeypatch, KERNEL_MODULE, "_scan_fwd_kernel", ABLATE_SCAN_FWD_CONFIG="8,8,2", ABLATE_SCAN_BWD_CONFIG="8,2,0")
 
 
 def _inputs(b, d, n, l, *, layout="model", h0=False, docs=False, full=True, seed=0):

@@ -3,16 +3,12 @@ every gradient, at odd lengths, lengths that are not a multiple of the chunk, ch
 Triton block, with an initial state, packed documents (seq_idx), B/C groups, and without D.
 
 On a CPU machine the Triton kernels run under triton's interpreter (TRITON_INTERPRET=1, set here
-before triton is imported), so the shapes stay tiny."""
+by tests/conftest.py before triton is imported), so the shapes stay tiny."""
 
 import math
-import os
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 triton = pytest.importorskip("triton", reason="triton is not installed: the Triton SSD path is optional")
 
