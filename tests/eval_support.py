@@ -67,8 +67,8 @@ def train_recall_run(path: Path, tokenizer, pairs: int = 4, questions: int = 48,
     stream: n=200, seed 0), trained with plain AdamW on those contexts with the loss on the answer.
 
     Why the answers and not the skill: learning MQAR as an algorithm (an induction circuit) takes far
-    longer than a CPU test affords: measured, a 2-layer d=128 model on 120k fresh documents stays at
-    chance for 5,000 steps (the known plateau before induction heads form). What this test needs is a
+    longer than a CPU test affords: measured, a 2-layer d=128 model on 120k fresh documents (keys and
+    values from 8 each) stays at chance for 5,000 steps (the known plateau before induction heads form). What this test needs is a
     model whose knowledge lm-eval's score must follow: if gold indices, choices or documents were
     misaligned anywhere between our generator, the task YAML and lm-eval, it would score at chance."""
     import torch
