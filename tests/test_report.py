@@ -183,3 +183,27 @@ def test_report_cli(root, tmp_path):
     assert (tmp_path / "r" / "table1.md").exists()
     res = CliRunner().invoke(app, ["report", str(tmp_path / "empty-root-that-does-not-exist")])
     assert res.exit_code == 2 and "no such run root" in res.output
+
+
+def test_throughput_from_a_bench_folder_fills_runs_without_their_own(tmp_path):
+    """``ablate report --bench DIR``: runs with no bench.json take their variant's measurement from DIR
+    (ours only, never an anchor's file); a run's own bench.json is kept; the header says the scale."""
+    root, bench = tmp_path / "runs", tmp_path / "bench"
+    write_run(root, "table1-01-mamba", recall=0.3, throughput=None)
+    write_run(root, "table1-06-llama", recall=0.5, throughput=None)
+    write_run(root, "table1-13-meta-tokens", recall=0.6, throughput=77.0)
+    bench.mkdir()
+    from ablate.rundir import write_json_atomic
+
+    write_json_atomic(bench / "anchor-table1-06-llama.json", {"variant": "table1-06-llama", "kind": "transformers", "scale": "paper", "decode_tokens_per_s": 1.0})
+    for variant, tps in (("table1-01-mamba", 38859.0), ("table1-06-llama", 3225.0), ("table1-13-meta-tokens", 17487.0)):
+        write_json_atomic(bench / f"{variant}.json", {"variant": variant, "kind": "ablate", "scale": "paper", "decode_tokens_per_s": tps,
+                                                      "protocol": {"prompt_len": 8192}, "provenance": {**PROV, "device": "NVIDIA H100 80GB HBM3 x1"}})
+    rep = make_report(root, tmp_path / "rep", bench_dir=bench)
+    f = rep.tables["table1"].frame.set_index("row")
+    assert f.loc[1, "throughput_ours"] == 38859.0 and f.loc[6, "throughput_ours"] == 3225.0
+    assert f.loc[13, "throughput_ours"] == 77.0  # its own bench wins
+    assert "paper scale" in rep.tables["table1"].title and "H100" in rep.tables["table1"].title
+    assert "paper scale, from table1-06-llama.json" in (tmp_path / "rep" / "README.md").read_text()
+    with pytest.raises(Exception, match="no such folder"):
+        make_report(root, tmp_path / "rep2", bench_dir=tmp_path / "missing")

@@ -166,6 +166,18 @@ def test_eval_without_a_trained_model_is_blocked(tmp_path):
     assert "needs a trained model" in res.outcomes[0].message
 
 
+def test_one_suite_of_the_eval_stage(tmp_path):
+    """``--stages train,eval:SUITE`` runs that suite only (e.g. on a machine without the hub's data);
+    the others stay to do, and a later plain run does just them."""
+    path = tmp_path / "sweeps.yaml"
+    path.write_text(yaml.safe_dump({"sweeps": {"t": {"scale": "tiny", "variants": ["table1-06-llama"], "train": {"steps": 2, "global_batch": 2, "seq_len": 16},
+                                                     "eval": {"suites": ["recall", "commonsense"], "limit": 4}}}}))
+    _, fake, _ = run(tmp_path, path, stages=("train", "eval:commonsense"))
+    assert stage_calls(fake) == [("train", "table1-06-llama", False), ("eval", "table1-06-llama", "commonsense")]
+    _, fake, _ = run(tmp_path, path, stages=("train", "eval"))
+    assert stage_calls(fake) == [("eval", "table1-06-llama", "recall")]
+
+
 def test_dry_run_plan_and_estimate(tmp_path):
     path = sweep_file(tmp_path, seeds=(0, 1), variants=("table1-06-llama",))
     sweep = load_sweep("t", path)
@@ -192,6 +204,7 @@ def test_dry_run_plan_and_estimate(tmp_path):
         (["sweep", "t", "--stages", "train,bogus"], "unknown stage 'bogus'"),
         (["sweep", "t", "--only", "table1-01-mamba"], "not in sweep 't'"),
         (["sweep", "t", "--only", "no-such-variant"], "unknown variant"),
+        (["sweep", "t", "--stages", "train,eval:niah"], "evaluates no suite 'niah'"),
         (["report", "/no/such/root"], "no such run root"),
     ],
 )

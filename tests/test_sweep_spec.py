@@ -103,3 +103,9 @@ def test_parse_stages():
     assert parse_stages(None) == list(STAGES)
     with pytest.raises(SweepError, match=r"unknown stage 'evl'.*did you mean 'eval'"):
         parse_stages("train,evl")
+    # one suite of the eval stage, in the eval stage's place
+    assert parse_stages("report,eval:recall-synthetic,train") == ["train", "eval:recall-synthetic", "report"]
+    assert parse_stages("eval,eval:recall") == ["eval"]  # the whole stage covers its suites
+    for bad in ("bench:x", "eval:", "train:recall"):
+        with pytest.raises(SweepError, match="unknown stage"):
+            parse_stages(bad)

@@ -334,7 +334,7 @@ def run_point(name: str, seq: int, args, say) -> Point:
     point.scan_gflop_per_token = flops.scan / tokens / 1e9
     if device.type == "cuda":
         point.peak_gib = torch.cuda.max_memory_allocated() / 2**30
-    del model, optim, step_fn, loss_fn
+    model = optim = step_fn = loss_fn = one_step = None  # free before the next point (not `del`: one_step closes over them)
     free_memory()
     return point
 

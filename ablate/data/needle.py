@@ -118,15 +118,22 @@ def make_docs(
     return docs
 
 
+def training_document(rng: random.Random, length_chars: int = 2000) -> str:
+    """One needle document with its answer, for training data that teaches the retrieval format
+    (tokenizer-free: the length is in characters, and varies from a third of ``length_chars`` to all
+    of it so that the needle and the question fall anywhere in a training window)."""
+    key, value = rng.choice(CITIES), f"{rng.randrange(10**6, 10**7)}"
+    target = rng.randrange(length_chars // 3, length_chars + 1)
+    sentences = []
+    while sum(len(s) + 1 for s in sentences) < target:
+        sentences.append(filler_sentence(rng))
+    cut = rng.randrange(len(sentences) + 1)
+    body = " ".join(sentences[:cut] + [needle_sentence(key, value)] + sentences[cut:])
+    return body + question(key) + f" {value}.\n"
+
+
 def training_documents(n: int, length_chars: int = 2000, seed: int = 0) -> Iterator[str]:
-    """Needle documents with their answers, for training data that teaches the retrieval format
-    (a separate random stream from the eval documents; length in characters, tokenizer-free)."""
+    """``n`` training documents (a random stream separate from the eval documents')."""
     rng = random.Random(f"ablate-needle-train-{seed}")
     for _ in range(n):
-        key, value = rng.choice(CITIES), f"{rng.randrange(10**6, 10**7)}"
-        sentences = []
-        while sum(len(s) + 1 for s in sentences) < length_chars:
-            sentences.append(filler_sentence(rng))
-        cut = rng.randrange(len(sentences) + 1)
-        body = " ".join(sentences[:cut] + [needle_sentence(key, value)] + sentences[cut:])
-        yield body + question(key) + f" {value}.\n"
+        yield training_document(rng, length_chars)

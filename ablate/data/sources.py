@@ -10,7 +10,8 @@ normalised; a missing weight counts as 1)::
 - ``python-stdlib``: the ``.py`` files of the running interpreter's standard library, one document per
   file, in a fixed pseudo-random order (sha1 of the relative path), so every machine with the same
   Python reads the same documents in the same order. Real code, as SmolLM-Corpus's python-edu part.
-- ``synthetic:phonebook`` / ``synthetic:mqar``: recall documents from ``ablate.data.synthetic``.
+- ``synthetic:phonebook`` / ``synthetic:mqar``: recall documents from ``ablate.data.synthetic``;
+  ``synthetic:needle``: needle-in-a-haystack documents with their answers (``ablate.data.needle``).
 - a local file, directory or glob: ``.txt``/``.md`` files (one document per file), ``.jsonl``/``.json``
   and ``.parquet`` (one document per record, text in the ``text`` field or ``#FIELD``), read with HF
   ``datasets`` in streaming mode.
@@ -81,11 +82,11 @@ def _parse_one(name: str, weight: float) -> Source:
     if name == "python-stdlib":
         return Source(name, "python-stdlib", weight, target=stdlib_root())
     if name.startswith("synthetic:"):
-        from ablate.data.synthetic import TASKS
+        from ablate.data.synthetic import TRAINING_TASKS
 
         task = name.split(":", 1)[1]
-        if task not in TASKS:
-            raise DataError(f"source {name!r}: unknown synthetic task {task!r}; one of {', '.join(TASKS)}")
+        if task not in TRAINING_TASKS:
+            raise DataError(f"source {name!r}: unknown synthetic task {task!r}; one of {', '.join(TRAINING_TASKS)}")
         return Source(name, "synthetic", weight, target=task)
     path, _, text_field = name.partition("#")
     text_field = text_field or "text"

@@ -32,6 +32,9 @@ LAST_NAMES = (
 MQAR_SYMBOLS = "abcdefghijklmnopqrstuvwxyz"
 
 TASKS = ("phonebook", "mqar")
+# training-only: the needle format of ablate.data.needle (its evaluation is the niah suite, whose
+# documents are sized in the evaluated model's tokens)
+TRAINING_TASKS = TASKS + ("needle",)
 
 
 @dataclass(frozen=True)
@@ -139,10 +142,18 @@ def _check(task: str) -> None:
 
 def training_documents(task: str, n: int, seed: int = 0, **size) -> Iterator[str]:
     """``n`` training documents of a task (each a context with all its queries answered)."""
-    _check(task)
+    if task not in TRAINING_TASKS:
+        raise ValueError(f"unknown synthetic task {task!r}; one of {', '.join(TRAINING_TASKS)}")
     rng = _rng(task, "train", seed)
+    make = _DOCUMENTS.get(task) or _needle_document
     for _ in range(n):
-        yield _DOCUMENTS[task](rng, **size)
+        yield make(rng, **size)
+
+
+def _needle_document(rng: random.Random, **size) -> str:
+    from ablate.data.needle import training_document
+
+    return training_document(rng, **size)
 
 
 def eval_examples(task: str, n: int, seed: int = 0, **size) -> list[RecallExample]:

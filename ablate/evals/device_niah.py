@@ -4,7 +4,7 @@
     python -m ablate.evals.device_niah --run-dir RUN --out OUT        # evaluate an existing run
 
 1. (without a trained --run-dir) prepares an offline corpus: the default mix (Python stdlib + synthetic
-   recall) plus needle-format documents (``ablate.data.needle.training_documents``, a random stream
+   recall) plus needle-format documents (the ``synthetic:needle`` source, a random stream
    disjoint from the eval documents), so a model trained for minutes has seen the retrieval format;
    the paper's models are pretrained at scale and fine-tuned at 4k instead. Then trains a proxy-scale
    variant through the real trainer (``python -m ablate.train``) for a time budget, at a training
@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -30,6 +29,9 @@ from pathlib import Path
 
 from ablate.evals.results import heatmap, heatmap_csv, write_samples
 from ablate.rundir import RunDir, provenance, write_json_atomic, write_text_atomic
+
+# the offline mix with a fifth of needle-format documents (the niah sweep in sweeps.yaml uses the same)
+NIAH_SOURCES = "python-stdlib@0.6,synthetic:mqar@0.1,synthetic:phonebook@0.1,synthetic:needle@0.2"
 
 
 def _log(msg: str) -> None:
@@ -44,20 +46,12 @@ def _floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x.strip()]
 
 
-def prepare_data(work: Path, vocab: int, max_tokens: int, needle_docs: int, seed: int = 0) -> Path:
+def prepare_data(work: Path, vocab: int, max_tokens: int, seed: int = 0) -> Path:
     """The default offline mix plus needle-format documents, tokenized with a BPE of ``vocab``."""
-    from ablate.data.needle import training_documents
     from ablate.data.prepare import prepare
-    from ablate.data.sources import DEFAULT_SOURCES
 
-    needle_file = work / "needle_train.jsonl"
-    with open(needle_file, "w") as f:
-        for i, doc in enumerate(training_documents(needle_docs, length_chars=2500, seed=seed)):
-            # lengths vary, so the needle sits anywhere in a training window
-            f.write(json.dumps({"text": doc if i % 2 else doc[len(doc) // 3 :]}) + "\n")
     out = work / "data"
-    sources = DEFAULT_SOURCES.replace("python-stdlib@0.8", "python-stdlib@0.6") + f",{needle_file}@0.2"
-    prepare(sources, f"bpe:{vocab}", out, vocab_size=vocab, max_tokens=max_tokens, val_fraction=0.01, seed=seed, force=True)
+    prepare(NIAH_SOURCES, f"bpe:{vocab}", out, vocab_size=vocab, max_tokens=max_tokens, val_fraction=0.01, seed=seed, force=True)
     return out
 
 
@@ -87,7 +81,7 @@ def train_model(a, work: Path, deadline: float) -> Path:
     from ablate.registry import resolve
 
     vocab = resolve(a.variant, a.scale).config.vocab_size
-    data = prepare_data(work, vocab, a.data_tokens, a.needle_docs)
+    data = prepare_data(work, vocab, a.data_tokens)
     _log(f"data prepared in {time.time() - t0:.0f}s")
     # compile off: its warm-up does not fit a few-minute budget reliably (as ablate.train.proxy_run)
     base = ["--scale", a.scale, "--seq-len", a.seq_len, "--batch", a.batch, "--eval-every", 0, "--ckpt-every", 0, "--compile", "off", "--set", "val_windows=8"]
@@ -157,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--train-s", type=float, default=110, help="training time budget")
     ap.add_argument("--data-tokens", type=int, default=4_000_000)
-    ap.add_argument("--needle-docs", type=int, default=6000)
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384")
     ap.add_argument("--depths", default="0,0.25,0.5,0.75,1")
     ap.add_argument("--per-cell", type=int, default=8)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ablate.report import plots
-from ablate.report.load import load_runs, results_long
+from ablate.report.load import attach_benches, load_runs, results_long
 from ablate.report.provenance import readme
 from ablate.report.tables import synthetic_table, table1, table3
 from ablate.rundir import RunDirError, git_sha, read_json, write_json_atomic, write_text_atomic
@@ -37,12 +37,16 @@ def _csv(frame) -> str:
     return buf.getvalue()
 
 
-def make_report(root: Path, out: Path, title: str | None = None, command: str | None = None) -> Report:
+def make_report(root: Path, out: Path, title: str | None = None, command: str | None = None, bench_dir: Path | None = None) -> Report:
+    """``bench_dir``: throughput for the runs without their own bench.json, from the bench files of
+    their variants there (e.g. measured at the paper's scale)."""
     root, out = Path(root), Path(out)
     report = Report(out)
     runs = load_runs(root, report.warnings)
     if not runs:
         raise RunDirError(f"{root}: no run directories (folders with run.json, bench.json or eval/)")
+    if bench_dir is not None:
+        attach_benches(runs, bench_dir, report.warnings)
     report.runs = len(runs)
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []

@@ -34,6 +34,7 @@ class RunRecord:
     bench: dict | None = None
     metrics: list = field(default_factory=list)
     needle: list = field(default_factory=list)  # per-sample needle records: {length, depth, correct}
+    bench_source: str | None = None  # a bench measured apart from this run (``attach_benches``)
 
     @property
     def train_tokens(self) -> int | None:
@@ -137,6 +138,33 @@ def load_runs(root: Path, warnings: list[str] | None = None) -> list[RunRecord]:
     if is_run_dir(root):  # a single run directory is a root of one
         return [load_run(root, warnings)]
     return [load_run(p, warnings) for p in sorted(root.iterdir()) if is_run_dir(p)]
+
+
+def attach_benches(runs: list[RunRecord], bench_dir: Path, warnings: list[str]) -> int:
+    """Give each run without a bench.json the throughput measured for its variant in ``bench_dir``
+    (the JSON files ``ablate bench`` / ``python -m ablate.bench.paper_suite`` write, one per variant,
+    e.g. at the paper's scale): proxy-scale models are too small for their decode speed to say
+    anything about the paper's. Returns how many runs got one."""
+    bench_dir = Path(bench_dir)
+    if not bench_dir.is_dir():
+        raise RunDirError(f"--bench {bench_dir}: no such folder (one holding the bench JSON files of `ablate bench`)")
+    by_variant: dict[str, tuple[Path, dict]] = {}
+    for f in sorted(bench_dir.glob("*.json")):
+        try:
+            data = read_json(f)
+        except RunDirError as e:
+            warnings.append(str(e))
+            continue
+        # ours only (the anchors' files measure transformers' models)
+        if isinstance(data, dict) and data.get("kind", "ablate") == "ablate" and isinstance(data.get("variant"), str) and "decode_tokens_per_s" in data:
+            by_variant.setdefault(data["variant"], (f, data))
+    n = 0
+    for r in runs:
+        if r.bench is None and r.variant in by_variant:
+            f, r.bench = by_variant[r.variant]
+            r.bench_source = str(f)
+            n += 1
+    return n
 
 
 # ---- needle samples -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def runs_frame(runs: list[RunRecord]) -> pd.DataFrame:
             "status": r.status or "–",
             "train tokens": f"{r.train_tokens:,}" if r.train_tokens else "–",
             "suites": ", ".join(sorted(r.evals)) or "–",
-            "bench": "yes" if r.bench else "–",
+            "bench": (f"{r.bench.get('scale', '?')} scale, from {Path(r.bench_source).name}" if r.bench_source else "yes") if r.bench else "–",
             "devices": _devices(r.devices),
             "git sha": prov.get("git_sha", "–"),
             "date": prov.get("date", "–"),

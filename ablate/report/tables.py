@@ -175,6 +175,10 @@ def _scale_context(runs: list[RunRecord]) -> str:
         f"trained on {', '.join(train_dev) or DASH}",
         f"throughput measured on {', '.join(bench_dev) or DASH}",
     ]
+    borrowed = sorted({f"{r.bench.get('scale', '?')} scale" for r in runs if r.bench and r.bench_source})
+    if borrowed:
+        # proxy models' decode speed says nothing of the paper's; the variant's own bench at its size does
+        parts[-1] += f" (the variants at {', '.join(borrowed)}, untrained weights: `ablate report --bench`)"
     protocols = {tuple(sorted((r.bench.get("protocol") or {}).items())) for r in runs if r.bench}
     if len(protocols) == 1:
         p = dict(next(iter(protocols)))

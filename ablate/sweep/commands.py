@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
+from ablate.sweep.parallel import TIME_LIMIT_EXIT  # 75, EX_TEMPFAIL: not done, not failed; run the same command again
+
 ACTION_STYLE = {"run": "cyan", "resume": "yellow", "rerun": "magenta", "skip": "green", "blocked": "red"}
 STATUS_STYLE = {"ok": "green", "skipped": "dim", "failed": "red", "interrupted": "yellow", "not run": "red", "paused": "yellow"}
-TIME_LIMIT_EXIT = 75  # EX_TEMPFAIL: not done, not failed; run the same command again
 
 
 def _hours(seconds: float | None) -> str:
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Argument(..., help="a sweep in sweeps.yaml: smoke, table1, table3, niah"),
         file: Path = typer.Option(None, "--file", "-f", help="the sweep file (default: ./sweeps.yaml, else the repository's)"),
         root: Path = typer.Option(None, "--root", help="run root: one run directory per variant and seed (default runs/NAME)"),
-        stages: str = typer.Option("train,eval,bench,report", "--stages", help="comma-separated subset of train,eval,bench,report"),
+        stages: str = typer.Option("train,eval,bench,report", "--stages", help="comma-separated subset of train,eval,bench,report; eval:SUITE runs one suite of the eval stage"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (run / skip / resume / rerun) and its cost; run nothing"),
         only: list[str] = typer.Option(None, "--only", help="only this variant (repeatable, or comma-separated)"),
         fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first failing stage (default: record it and go on)"),
@@ -96,6 +97,8 @@ def register(app: typer.Typer) -> None:
         time_limit: float = typer.Option(None, "--time-limit", metavar="SECONDS", min=0,
                                          help="stop cleanly after this long (a machine lease): training checkpoints and pauses, no stage starts later; "
                                               "exit code 75 says 'rerun to continue'"),
+        jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="run the variants in this many worker processes side by side (small models leave a GPU "
+                                 "mostly idle); logs in RUN_ROOT/.sweep/logs/"),
     ):
         """Run a named sweep: train, eval, bench and report every variant x seed into a run root, skipping
         stages whose results exist under the same config hash; safe to interrupt and rerun."""
@@ -110,6 +113,10 @@ def register(app: typer.Typer) -> None:
             stage_list = parse_stages(stages)
         except (SweepError, ConfigError) as e:
             fail(str(e))
+        known_suites = {s for j in sweep.jobs for s in j.eval.get("suites") or []}
+        for stage in stage_list:
+            if stage.startswith("eval:") and stage[5:] not in known_suites:
+                fail(f"--stages: {stage!r}: sweep {name!r} ({sweep.file}) evaluates no suite {stage[5:]!r}; its suites: {', '.join(sorted(known_suites)) or 'none'}")
         only_names = None
         if only:
             only_names = []
@@ -128,6 +135,21 @@ def register(app: typer.Typer) -> None:
                              time_limit=time_limit)
         if dry_run:
             print_plan(console, sweep, run_root, runner.plan(), stage_list)
+            return
+        if jobs > 1:
+            from ablate.sweep import stages as stage_adapters
+            from ablate.sweep.parallel import run_parallel
+
+            code = run_parallel(sweep, run_root, stage_list, only_names or list(sweep.variants), jobs, time_limit=time_limit,
+                                fail_fast=fail_fast, console=console, prepare_data=stage_adapters.prepare_data)
+            print_plan(console, sweep, run_root, runner.plan(), [s for s in stage_list if s != "report"])  # what is left, if anything
+            if "report" in stage_list and code in (0, 1):
+                report = SweepRunner(sweep, run_root, ["report"], report_out=out, console=console).run()
+                print_summary(console, report)
+                if report.failed:
+                    code = code or 1
+            if code:
+                raise typer.Exit(code)
             return
         try:
             result = runner.run()

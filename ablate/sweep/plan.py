@@ -207,10 +207,9 @@ def plan_job(sweep: Sweep, job: Job, root: Path, stages: list[str]) -> JobPlan:
             train.rate_source = f"{rate[0]:,.0f} tok/s ({rate[1]})"
         jp.items.append(train)
     will_train = "train" in stages and train.todo
-    for stage, suites in (("eval", job.eval.get("suites") or []), ("bench", [None] if job.bench else [])):
-        if stage not in stages:
-            continue
-        for suite in suites:
+    suites = [s for s in job.eval.get("suites") or [] if "eval" in stages or f"eval:{s}" in stages]
+    for stage, names in (("eval", suites), ("bench", [None] if job.bench and "bench" in stages else [])):
+        for suite in names:
             if stage == "eval":
                 spec = eval_spec(t_hash, suite, job)
                 item = StageItem(job, "eval", f"eval:{suite}", suite, config_hash(spec), spec)

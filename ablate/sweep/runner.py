@@ -234,7 +234,9 @@ class SweepRunner:
         t0 = time.time()
         command = f"ablate sweep {self.sweep.name} --root {self.root}"
         try:
-            make_report(self.root, out, title=f"Report: sweep {self.sweep.name} ({self.sweep.description})", command=command)
+            bench_dir = self.sweep.report.get("bench")
+            make_report(self.root, out, title=f"Report: sweep {self.sweep.name} ({self.sweep.description})", command=command,
+                        bench_dir=Path(bench_dir) if bench_dir else None)
         except Exception as e:  # noqa: BLE001 - the runs are kept; the report can be rebuilt with `ablate report`
             msg = _first_line(e)
             result.outcomes.append(Outcome("(all)", "report", "run", FAILED, time.time() - t0, msg))

@@ -36,6 +36,7 @@ SWEEP_KEYS = {"description", "scale", "variants", "seeds", "data", "train", "eva
 # the keys the sweep itself needs (cost, hashing, naming); other keys pass through to the stage
 TRAIN_REQUIRED = ("steps", "global_batch", "seq_len")
 BENCH_REQUIRED = ("prompt_len", "gen_tokens", "batch")
+REPORT_KEYS = {"out", "bench"}  # bench: a folder of bench JSON files for runs without their own
 VARIANT_KEYS = {"variant", "seeds", "train", "eval", "bench"}
 
 
@@ -139,6 +140,9 @@ def load_sweep(name: str, path: Path | None = None, check_variants: bool = True)
     for section in ("data", "train", "eval", "bench", "report"):
         if not isinstance(spec.get(section) or {}, dict):
             raise bad(section, "must be a mapping")
+    for key in spec.get("report") or {}:
+        if key not in REPORT_KEYS:
+            raise bad(f"report.{key}", f"unknown field; allowed: {', '.join(sorted(REPORT_KEYS))}")
     train, bench, eval_ = dict(spec.get("train") or {}), dict(spec.get("bench") or {}), dict(spec.get("eval") or {})
     seeds = _seeds(spec.get("seeds", [0]), lambda m: bad("seeds", m))
     variants = spec.get("variants")
@@ -243,15 +247,22 @@ def _check_bench(bench: dict, bad) -> None:
 
 
 def parse_stages(value: str | list[str] | None) -> list[str]:
-    """``train,eval`` -> ['train', 'eval'] in pipeline order; an unknown name is a one-line error."""
+    """``train,eval`` -> ['train', 'eval'] in pipeline order; ``eval:SUITE`` selects one suite of the
+    eval stage (e.g. only the suites whose data a machine has); an unknown name is a one-line error."""
     if value is None:
         return list(STAGES)
     items = value if isinstance(value, list) else [value]
     names = [s.strip() for item in items for s in str(item).split(",") if s.strip()]
     for s in names:
-        if s not in STAGES:
-            close = difflib.get_close_matches(s, STAGES, n=1)
-            raise SweepError(f"--stages: unknown stage {s!r}; one of {', '.join(STAGES)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        stage, _, suite = s.partition(":")
+        if stage not in STAGES or (suite and stage != "eval") or (":" in s and not suite):
+            close = difflib.get_close_matches(stage, STAGES, n=1)
+            raise SweepError(f"--stages: unknown stage {s!r}; one of {', '.join(STAGES)}, or eval:SUITE" + (f" (did you mean {close[0]!r}?)" if close else ""))
     if not names:
         raise SweepError(f"--stages: empty; one or more of {', '.join(STAGES)}")
-    return [s for s in STAGES if s in names]
+    ordered = [s for s in STAGES if s in names]
+    suites = [s for s in dict.fromkeys(names) if s.startswith("eval:")]
+    if "eval" in ordered or not suites:
+        return ordered
+    at = next((i for i, s in enumerate(ordered) if STAGES.index(s) > STAGES.index("eval")), len(ordered))
+    return ordered[:at] + suites + ordered[at:]
