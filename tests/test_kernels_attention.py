@@ -108,6 +108,27 @@ def test_flex_matches_reference_forward(length):
 
 
 @pytest.mark.skipif(not HAVE_FLEX, reason="this torch has no FlexAttention")
+def test_compiled_flex_serves_many_lengths_without_hitting_the_recompile_limit():
+    """Evaluation calls flex with a new length per batch: the compiled wrapper must go dynamic after
+    the first recompile, not compile once per length until dynamo gives up and runs it eagerly
+    (dense scores: 50 GiB for one 16k document on the GPU)."""
+    from torch._dynamo.utils import counters
+
+    from ablate.kernels.flex import compile_flex
+
+    torch._dynamo.reset()
+    counters.clear()
+    fn = compile_flex(backend="eager")  # the compile decisions, without inductor's build time
+    for length in range(20, 36):  # twice dynamo's default recompile limit
+        spec = _aligned(1, length, window=8, meta=2)
+        q = k = v = torch.randn(1, 2, length, 16)
+        out = fn(q, k, v, block_mask=block_mask_for(spec, length, length, q.device))
+        assert out.shape == (1, 2, length, 16)
+    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not HAVE_FLEX, reason="this torch has no FlexAttention")
 def test_flex_mask_mod_equals_dense_mask_pair_by_pair():
     b, length = 3, 29
     for name, spec, lk in _specs(b, length):

@@ -32,12 +32,22 @@ except ImportError:  # pragma: no cover - old torch
 _COMPILED = None
 
 
+def compile_flex(backend: str = "inductor"):
+    """flex_attention under torch.compile with automatic dynamic shapes: the first shape compiles
+    static (training's one packed shape keeps its specialised kernels); a second shape recompiles
+    once with symbolic lengths that then serve every length. ``dynamic=False`` recompiled for each
+    new length, and evaluation's batches all differ in length: after dynamo's recompile limit it
+    ran flex_attention eagerly, which materialises every score (a 16k needle document asked for
+    50 GiB on the H100)."""
+    return torch.compile(flex_attention, backend=backend, dynamic=None)
+
+
 def _compiled_flex():
     """flex_attention compiled once per process: in eager mode it runs a dense reference (the whole
     score matrix); compiled, it generates the block-sparse Triton kernels."""
     global _COMPILED
     if _COMPILED is None:
-        _COMPILED = torch.compile(flex_attention, dynamic=False)
+        _COMPILED = compile_flex()
     return _COMPILED
 
 
