@@ -40,6 +40,21 @@ def test_source_spec_parsing_and_errors(tmp_path):
         parse_sources(str(tmp_path / "emptydir"))
 
 
+def test_needle_training_source():
+    """``synthetic:needle``: needle documents that end with their own answer, of varied lengths."""
+    import itertools
+    import re
+
+    from ablate.data.sources import documents
+
+    (src,) = parse_sources("synthetic:needle")
+    docs = [text for text, _ in itertools.islice(documents(src), 20)]
+    for text in docs:
+        city, number = re.search(r"special magic number for (\w+) is (\d{7})\.", text).groups()
+        assert text.endswith(f"The special magic number for {city} is {number}.\n")
+    assert len({len(t) for t in docs}) > 10
+
+
 def test_mix_follows_weights_and_stops_at_first_exhausted():
     a = iter(["aa"] * 1000)  # 2 units each
     b = iter(["b"] * 50)  # runs out first

@@ -207,3 +207,12 @@ def test_throughput_from_a_bench_folder_fills_runs_without_their_own(tmp_path):
     assert "paper scale, from table1-06-llama.json" in (tmp_path / "rep" / "README.md").read_text()
     with pytest.raises(Exception, match="no such folder"):
         make_report(root, tmp_path / "rep2", bench_dir=tmp_path / "missing")
+
+
+def test_final_validation_loss_in_every_table(runs):
+    """The one number a short proxy run always has: the last val_loss of metrics.jsonl (mean ± sd)."""
+    f1 = table1(runs).frame.set_index("row")
+    assert f1.loc[1, "val_loss_ours"] == pytest.approx(5.2 - 0.1 * 10)
+    f3 = table3(runs).frame
+    ours = f3[(f3.variant == "table3-samba") & (f3.source == "ours")]
+    assert ours.val_loss.iloc[0] == pytest.approx(4.2) and "val loss (ours)" in table3(runs).markdown

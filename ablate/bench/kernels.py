@@ -623,10 +623,9 @@ def environment(args) -> dict:
             info[pkg] = __import__(pkg).__version__
         except Exception:
             info[pkg] = None
-    try:
-        info["git"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:
-        info["git"] = None
+    from ablate.rundir import git_sha
+
+    info["git"] = git_sha()  # honours ABLATE_GIT_SHA (a lent machine's copy may carry a stale .git)
     return info
 
 

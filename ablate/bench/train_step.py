@@ -362,7 +362,6 @@ def table(points: list[Point]) -> str:
 
 def _env(device) -> dict:
     import platform
-    import subprocess
 
     env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
     try:
@@ -373,10 +372,9 @@ def _env(device) -> dict:
         env["triton"] = None
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        env["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        pass
+    from ablate.rundir import git_sha
+
+    env["git"] = git_sha()  # honours ABLATE_GIT_SHA (a lent machine's copy may carry a stale .git)
     return env
 
 

@@ -67,6 +67,9 @@ def run_scores(run: RunRecord) -> dict[str, float]:
         scores["synthetic_recall_avg"] = statistics.fmean(syn)
     if run.bench and isinstance(run.bench.get("decode_tokens_per_s"), (int, float)):
         scores["throughput"] = float(run.bench["decode_tokens_per_s"])
+    val = [m["val_loss"] for m in run.metrics if isinstance(m.get("val_loss"), (int, float)) and math.isfinite(m["val_loss"])]
+    if val:
+        scores["val_loss"] = float(val[-1])  # the trainer evaluates at the end: the final model's
     # an average is on fixtures when any of its parts is
     for avg, parts in (("commonsense_avg", COMMONSENSE), ("recall_avg", RECALL)):
         if avg in scores and fixture_keys & set(parts):
@@ -87,6 +90,11 @@ def run_scores(run: RunRecord) -> dict[str, float]:
 RECALL_PAPER = "SWDE, SQuAD-C"
 RECALL_SYNTHETIC = "synthetic (phonebook, MQAR)"
 
+
+VAL_LOSS_LEGEND = (
+    "val loss: the final validation cross-entropy (nats per token) on the held-out part of the training corpus; "
+    "comparable between runs that share a corpus and tokenizer (one sweep), not with the paper"
+)
 
 FIXTURE_MARK = "†"
 FIXTURE_LEGEND = (
@@ -212,6 +220,7 @@ def table1(runs: list[RunRecord]) -> Table | None:
         basis = max(set(bases), key=bases.count) if bases else ""  # the seeds agree unless their suites differ
         rec, rec_sd, _ = _agg([s.get("recall") for s in per_run if s.get("recall_basis") == basis])
         thr, thr_sd, _ = _agg([s.get("throughput") for s in per_run])
+        vl, vl_sd, _ = _agg([s.get("val_loss") for s in per_run])
         p = v.paper
         rec_row = {
             "row": row_no,
@@ -222,6 +231,8 @@ def table1(runs: list[RunRecord]) -> Table | None:
             "params": ours_acc["params"],
             "attn_ssm_ours": ours_acc["attn_ssm"],
             "attn_ssm_paper": str(p.get("attn_ssm_ratio", "")),
+            "val_loss_ours": vl,
+            "val_loss_ours_sd": vl_sd,
             "general_ours": gen,
             "general_ours_sd": gen_sd,
             "general_tasks": n_tasks,
@@ -252,6 +263,7 @@ def table1(runs: list[RunRecord]) -> Table | None:
             "configuration": v.description + mark,
             "attn:mamba ours": rec_row["attn_ssm_ours"],
             "attn:mamba paper": rec_row["attn_ssm_paper"] or DASH,
+            "val loss ours": fmt(vl, 3, sd=vl_sd),
             "general ours": fmt(gen, sd=gen_sd) + (f" ({n_tasks}/8)" if 0 < n_tasks < 8 else "") + (FIXTURE_MARK if "commonsense_avg" in fx and math.isfinite(gen) else ""),
             "general paper": fmt(rec_row["general_paper"]),
             "general Δ": (fmt_diff(rec_row["general_diff"]) + (FIXTURE_MARK if "commonsense_avg" in fx else "")) if n_tasks == 8 else DASH,
@@ -272,6 +284,7 @@ def table1(runs: list[RunRecord]) -> Table | None:
     legend = [
         "general: commonsense accuracy (%), mean of the 8 tasks (n/8 when fewer were run; Δ only over all 8); "
         "recall: mean of SWDE and SQuAD-C (%) or, marked 'synthetic', of our phonebook and MQAR tasks (4-way, chance 25%; no Δ)",
+        VAL_LOSS_LEGEND,
         f"tok/s: decode throughput; ours on the device named above at our scale, the paper's on an A100 at 300M (not comparable in absolute terms); "
         f"cache: analytic FP16 bytes for one sequence of {CACHE_SEQ_LEN} tokens (ablate/bench/accounting.py) at our scale and at the paper's configuration; "
         "Δ% compares the latter with the paper; ours ± = sample sd over seeds",
@@ -304,29 +317,33 @@ def table3(runs: list[RunRecord]) -> Table | None:
         n_cs = max((s.get("commonsense_n", 0) for s in per_run), default=0)
         if n_cs < len(COMMONSENSE):  # an average over fewer tasks is not the paper's average
             ours["commonsense_avg"] = sds["commonsense_avg"] = math.nan
+        vl, vl_sd, _ = _agg([s.get("val_loss") for s in per_run])
         paper = {k: _paper_value(v.paper, k) for k in TABLE3_COLUMNS}
         diff = {k: ours[k] - paper[k] for k in TABLE3_COLUMNS}
         model = v.description.split(" (")[0]
         base = {"model": model, "variant": variant, "scale": scale, "seeds": len(group)}
         fixtures_row = {k: float(k in fx and math.isfinite(ours[k])) for k in TABLE3_COLUMNS}
-        rows += [{**base, "source": "ours", **ours}, {**base, "source": "ours_sd", **sds}, {**base, "source": "ours_on_fixtures", **fixtures_row},
-                 {**base, "source": "paper", **paper}, {**base, "source": "diff", **diff}]
+        rows += [{**base, "source": "ours", **ours, "val_loss": vl}, {**base, "source": "ours_sd", **sds, "val_loss": vl_sd},
+                 {**base, "source": "ours_on_fixtures", **fixtures_row}, {**base, "source": "paper", **paper}, {**base, "source": "diff", **diff}]
         mark = ""
         if v.paper.get("note"):
             notes.append(f"{model}: {v.paper['note']}")
             mark = f" [{len(notes)}]"
         seeds = f"{len(group)} seed{'s' if len(group) > 1 else ''}"
         display.append({"model": model + mark, "": f"ours ({scale}, {seeds})",
-                        **{label(k): fmt(ours[k], sd=sds[k]) + (FIXTURE_MARK if k in fx and math.isfinite(ours[k]) else "") for k in TABLE3_COLUMNS}})
-        display.append({"model": "", "": "paper (1B)", **{label(k): fmt(paper[k]) for k in TABLE3_COLUMNS}})
-        display.append({"model": "", "": "Δ", **{label(k): fmt_diff(diff[k]) + (FIXTURE_MARK if k in fx and math.isfinite(diff[k]) else "") for k in TABLE3_COLUMNS}})
-    frame = pd.DataFrame(rows, columns=["model", "variant", "scale", "seeds", "source", *TABLE3_COLUMNS])
+                        **{label(k): fmt(ours[k], sd=sds[k]) + (FIXTURE_MARK if k in fx and math.isfinite(ours[k]) else "") for k in TABLE3_COLUMNS},
+                        "val loss (ours)": fmt(vl, 3, sd=vl_sd)})
+        display.append({"model": "", "": "paper (1B)", **{label(k): fmt(paper[k]) for k in TABLE3_COLUMNS}, "val loss (ours)": DASH})
+        display.append({"model": "", "": "Δ", **{label(k): fmt_diff(diff[k]) + (FIXTURE_MARK if k in fx and math.isfinite(diff[k]) else "") for k in TABLE3_COLUMNS},
+                        "val loss (ours)": DASH})
+    frame = pd.DataFrame(rows, columns=["model", "variant", "scale", "seeds", "source", *TABLE3_COLUMNS, "val_loss"])
     title = f"Table 3 (apple-to-apple). {_scale_context([r for e in entries for r in e[4]])}. {TABLE3_PAPER}."
     legend = [
         "accuracies in %, perplexities as is (lower is better); "
         + "; ".join(f"{BY_KEY[k].label} = {BY_KEY[k].task} {BY_KEY[k].metric}" for k in TABLE3_COLUMNS if k in BY_KEY)
         + "; Recall avg = mean of SWDE and SQuAD-C; CS avg = mean of the 8 commonsense tasks (only when all 8 were run); "
         "ours = mean ± sample sd over seeds; Δ = ours − paper",
+        VAL_LOSS_LEGEND,
     ]
     if any(r["source"] == "ours_on_fixtures" and any(r[k] for k in TABLE3_COLUMNS) for r in rows):
         legend.append(FIXTURE_LEGEND)
@@ -342,12 +359,15 @@ def synthetic_table(runs: list[RunRecord]) -> Table | None:
         vals = {k: _agg([s.get(k) for s in per_run]) for k in (*SYNTHETIC, "synthetic_recall_avg")}
         if not any(n for _, _, n in vals.values()):
             continue
-        rows.append({"variant": variant, "scale": scale, "seeds": len(group), **{k: m for k, (m, _, _) in vals.items()}, **{f"{k}_sd": s for k, (_, s, _) in vals.items()}})
-        display.append({"variant": variant, "scale": scale, "seeds": len(group), **{label(k) if k in BY_KEY else "avg": fmt(m, sd=s) for k, (m, s, _) in vals.items()}})
+        vl, vl_sd, _ = _agg([s.get("val_loss") for s in per_run])
+        rows.append({"variant": variant, "scale": scale, "seeds": len(group), **{k: m for k, (m, _, _) in vals.items()}, **{f"{k}_sd": s for k, (_, s, _) in vals.items()},
+                     "val_loss": vl, "val_loss_sd": vl_sd})
+        display.append({"variant": variant, "scale": scale, "seeds": len(group), **{label(k) if k in BY_KEY else "avg": fmt(m, sd=s) for k, (m, s, _) in vals.items()},
+                        "val loss": fmt(vl, 3, sd=vl_sd)})
     if not rows:
         return None
     title = f"Synthetic recall (ours only: 4-way multiple choice, chance 25%). {_scale_context([r for g in _group(runs).values() for r in g])}."
-    md = _markdown_block(title, pd.DataFrame(display), ["accuracy in %; ours = mean ± sample sd over seeds"], [])
+    md = _markdown_block(title, pd.DataFrame(display), ["accuracy in %; ours = mean ± sample sd over seeds", VAL_LOSS_LEGEND], [])
     return Table("synthetic_recall", title, pd.DataFrame(rows), md, [])
 
 
