@@ -135,15 +135,14 @@ _DOCUMENTS = {"phonebook": phonebook_document, "mqar": mqar_document}
 _EXAMPLES = {"phonebook": phonebook_example, "mqar": mqar_example}
 
 
-def _check(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"unknown synthetic task {task!r}; one of {', '.join(TASKS)}")
+def _check(task: str, known: tuple[str, ...] = TASKS) -> None:
+    if task not in known:
+        raise ValueError(f"unknown synthetic task {task!r}; one of {', '.join(known)}")
 
 
 def training_documents(task: str, n: int, seed: int = 0, **size) -> Iterator[str]:
     """``n`` training documents of a task (each a context with all its queries answered)."""
-    if task not in TRAINING_TASKS:
-        raise ValueError(f"unknown synthetic task {task!r}; one of {', '.join(TRAINING_TASKS)}")
+    _check(task, TRAINING_TASKS)
     rng = _rng(task, "train", seed)
     make = _DOCUMENTS.get(task) or _needle_document
     for _ in range(n):
