@@ -170,3 +170,24 @@ def test_bpe_with_room_for_all_bytes_is_lossless():
     assert len(tok) <= 600 and tok.unk_token is None
     odd = "naïve café — 😀 \x00\t end"  # bytes never seen in training still round-trip
     assert tok.decode(tok(odd, add_special_tokens=False)["input_ids"]) == odd
+
+
+@pytest.mark.parametrize("task", ["mqar", "phonebook"])
+def test_synthetic_recall_is_plain_induction_in_tokens(task):
+    """With a byte-level BPE trained on the task, the query's last token occurs once in the context,
+    directly followed there by the answer's tokens: recall is plain induction (find the current
+    token earlier, copy what followed it). Fails for a name at the start of a line, a value glued to
+    "=", a separator or "is" between key and value, or keys sharing their last token."""
+    from ablate.data import synthetic
+    from ablate.data.tokenizer import train_bpe
+
+    tok = train_bpe(synthetic.training_documents(task, 400, seed=1), 400)
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for e in synthetic.eval_examples(task, 20):
+        context, query, answer = ids(e.context), ids(e.context + e.query), ids(e.context + e.query + e.answer)
+        assert query[: len(context)] == context and answer[: len(query)] == query  # splits on token edges
+        last = query[-1]
+        assert context.count(last) == 1, (e.context, e.query)
+        i = context.index(last)
+        value = answer[len(query) :]
+        assert context[i + 1 : i + 1 + len(value)] == value, (e.query, e.answer)

@@ -241,6 +241,21 @@ def test_needle_grid_changes_only_the_niah_hash(tmp_path):
     assert plan_mod.eval_spec("h", "niah", job) != plan_mod.eval_spec("h", "niah", other)
 
 
+def test_new_synthetic_text_retrains(tmp_path, monkeypatch):
+    """The sources name the synthetic generators, not their text: a new text version retrains the
+    runs that read synthetic documents (and leaves a corpus without them alone)."""
+    from ablate.data import synthetic
+
+    run(tmp_path, sweep_file(tmp_path))
+    monkeypatch.setattr(synthetic, "TEXT_VERSION", synthetic.TEXT_VERSION + 1)
+    plans = plan_mod.plan_sweep(load_sweep("t", sweep_file(tmp_path)), tmp_path / "runs", ["train"])
+    assert [p.items[0].action for p in plans] == ["rerun", "rerun"]
+    text_only = load_sweep("t", sweep_file(tmp_path))
+    text_only.data = {**text_only.data, "sources": "python-stdlib"}
+    spec = plan_mod.train_spec(text_only, text_only.jobs[0])
+    assert "synthetic_text" not in spec
+
+
 def test_leftover_files_without_run_json_are_moved_aside(tmp_path):
     stray = tmp_path / "runs" / "table1-06-llama"
     stray.mkdir(parents=True)

@@ -302,7 +302,12 @@ def ensure_prepared(source: str = DEFAULT_SOURCES, tokenizer: str = "bpe", *, vo
     Concurrent callers may both build it; the first rename wins and the other is discarded."""
     from ablate.rundir import config_hash
 
-    key = config_hash({"source": source, "tokenizer": tokenizer, "vocab": vocab_size, "max_tokens": max_tokens, "format": FORMAT_VERSION, **kwargs})
+    from ablate.data.synthetic import text_version
+
+    made_from = {"source": source, "tokenizer": tokenizer, "vocab": vocab_size, "max_tokens": max_tokens, "format": FORMAT_VERSION, **kwargs}
+    if text_version(source) is not None:
+        made_from["synthetic_text"] = text_version(source)
+    key = config_hash(made_from)
     slug = "".join(c if c.isalnum() else "-" for c in f"{source.split(',')[0].split('@')[0]}-{tokenizer}")[:40]
     out = cache_root() / f"{slug}-{key}"
     if (out / MANIFEST).exists():

@@ -3,7 +3,7 @@
 Two task families probe what Table 1 calls recall (retrieving something seen earlier in the context),
 at sizes a small model can learn:
 
-- ``phonebook``: a list of "Name Surname: 555-0123" entries, then the number of one listed person.
+- ``phonebook``: a list of "- Name Surname 321-0123" entries, then the number of one listed person.
 - ``mqar`` (multi-query associative recall, Zoology): key-value pairs, then several keys whose values
   must be recalled.
 
@@ -11,6 +11,15 @@ Training uses whole documents (context plus every query answered, see ``training
 use one query per example with the answer and distractors drawn from the same context, so a model
 that does not recall scores at chance (1 / number of choices). Train and eval draw from separate
 random streams, so eval contexts are never training documents.
+
+Both are written so that recall is plain induction, the copy a small model learns first: the
+query ends with the key's last token, which occurs once in the context, directly followed there by
+the value (``Ada Zhang 258-4197`` / ``river 664``). Names, keys and values follow a space wherever
+they appear, so a byte-level BPE gives them the same tokens in both places. (The first formats,
+text version 1, asked for more: a name at the start of a line tokenizes apart from the same name
+after a space, a value glued to "=" apart from the same value after "is", keys of two letters and a
+digit shared their last token, every number started "555-". A model had to learn those equivalences
+before it could recall anything.)
 """
 
 from __future__ import annotations
@@ -29,7 +38,17 @@ LAST_NAMES = (
     "Lopez Meyer Moreau Nagy Novak Olsen Park Patel Quinn Rossi Sato Schmidt Silva Tanaka Torres Ueda Vogel "
     "Wagner Weber Wong Young Zhang Ziegler"
 ).split()
-MQAR_SYMBOLS = "abcdefghijklmnopqrstuvwxyz"
+# one word per key, distinct within a context: the key's last token identifies its pair
+MQAR_KEYS = (
+    "apple arrow basket bell bottle bridge button candle castle cloud coin crown desk door dragon drum "
+    "eagle engine feather flag flower forest garden glass hammer harbor helmet island jacket kettle key "
+    "ladder lamp lemon letter lion mirror monkey mountain needle ocean orange palace pencil piano pillow "
+    "planet pocket rabbit ribbon river rocket saddle shadow silver spoon tiger tower train violin wagon whale"
+).split()
+
+# the version of the documents' text: bump it whenever a generator writes different text, so that
+# corpora prepared from the old text and runs trained on them are rebuilt rather than reused
+TEXT_VERSION = 2  # 1: the first formats (see the module docstring)
 
 TASKS = ("phonebook", "mqar")
 # training-only: the needle format of ablate.data.needle (its evaluation is the niah suite, whose
@@ -62,21 +81,21 @@ def _rng(task: str, split: str, seed: int) -> random.Random:
 
 # ---- phonebook --------------------------------------------------------------------------------
 def _phonebook_entries(rng: random.Random, entries: int) -> list[tuple[str, str]]:
-    people: set[str] = set()
-    while len(people) < entries:
-        people.add(f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}")
+    if entries > len(LAST_NAMES):
+        raise ValueError(f"entries {entries}: at most {len(LAST_NAMES)} (every surname once per book)")
+    people = [f"{first} {last}" for first, last in zip(rng.sample(FIRST_NAMES, entries), rng.sample(LAST_NAMES, entries))]
     numbers: set[str] = set()
     while len(numbers) < entries:
-        numbers.add(f"555-{rng.randrange(10000):04d}")
-    return list(zip(sorted(people, key=lambda _: rng.random()), sorted(numbers)))
+        numbers.add(f"{rng.randrange(200, 1000)}-{rng.randrange(10000):04d}")
+    return list(zip(people, sorted(numbers, key=lambda _: rng.random())))
 
 
 def _phonebook_context(book: list[tuple[str, str]]) -> str:
-    return "Phone book:\n" + "".join(f"{name}: {number}\n" for name, number in book)
+    return "Phone book:\n" + "".join(f"- {name} {number}\n" for name, number in book)
 
 
 def _phonebook_query(name: str) -> str:
-    return f"The number of {name} is"
+    return f"Number of {name}"
 
 
 def phonebook_document(rng: random.Random, entries: int = 8, queries: int = 4) -> str:
@@ -94,26 +113,30 @@ def phonebook_example(rng: random.Random, entries: int = 8, num_choices: int = 4
 
 # ---- MQAR -------------------------------------------------------------------------------------
 def _mqar_pairs(rng: random.Random, pairs: int) -> list[tuple[str, str]]:
-    keys: set[str] = set()
-    while len(keys) < pairs:
-        keys.add("".join(rng.choice(MQAR_SYMBOLS) for _ in range(2)) + str(rng.randrange(10)))
+    if pairs > len(MQAR_KEYS):
+        raise ValueError(f"pairs {pairs}: at most {len(MQAR_KEYS)} (every key word once per context)")
+    keys = rng.sample(MQAR_KEYS, pairs)
     values: set[str] = set()
     while len(values) < pairs:
         values.add(str(rng.randrange(100, 1000)))
-    return list(zip(sorted(keys), sorted(values, key=lambda _: rng.random())))
+    return list(zip(keys, sorted(values, key=lambda _: rng.random())))
 
 
 def _mqar_context(kv: list[tuple[str, str]], rng: random.Random) -> str:
     shown = kv[:]
     rng.shuffle(shown)
-    return "Pairs: " + ", ".join(f"{k}={v}" for k, v in shown) + ".\n"
+    return "Pairs: " + ", ".join(f"{k} {v}" for k, v in shown) + ".\n"
+
+
+def _mqar_query(key: str) -> str:
+    return f"Value of {key}"
 
 
 def mqar_document(rng: random.Random, pairs: int = 8, queries: int = 4) -> str:
     kv = _mqar_pairs(rng, pairs)
     context = _mqar_context(kv, rng)
     asked = rng.sample(kv, min(queries, pairs))
-    return context + "".join(f"{k} is {v}.\n" for k, v in asked)
+    return context + "".join(f"{_mqar_query(k)} {v}.\n" for k, v in asked)
 
 
 def mqar_example(rng: random.Random, pairs: int = 8, num_choices: int = 4) -> RecallExample:
@@ -121,7 +144,7 @@ def mqar_example(rng: random.Random, pairs: int = 8, num_choices: int = 4) -> Re
     context = _mqar_context(kv, rng)
     key, value = rng.choice(kv)
     others = rng.sample([v for _, v in kv if v != value], min(num_choices - 1, pairs - 1))
-    return _example("mqar", context, f"{key} is", f" {value}", [f" {o}" for o in others], rng)
+    return _example("mqar", context, _mqar_query(key), f" {value}", [f" {o}" for o in others], rng)
 
 
 def _example(task, context, query, answer, distractors, rng) -> RecallExample:
@@ -133,6 +156,11 @@ def _example(task, context, query, answer, distractors, rng) -> RecallExample:
 # ---- public entry points ----------------------------------------------------------------------
 _DOCUMENTS = {"phonebook": phonebook_document, "mqar": mqar_document}
 _EXAMPLES = {"phonebook": phonebook_example, "mqar": mqar_example}
+
+
+def text_version(sources: str) -> int | None:
+    """``TEXT_VERSION`` when a source spec (``ablate.data.sources``) draws synthetic documents."""
+    return TEXT_VERSION if "synthetic:" in sources else None
 
 
 def _check(task: str, known: tuple[str, ...] = TASKS) -> None:

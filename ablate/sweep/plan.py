@@ -19,6 +19,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ablate.data.sources import DEFAULT_SOURCES
+from ablate.data.synthetic import text_version
 from ablate.registry import resolve
 from ablate.rundir import RunDir, RunDirError, config_hash, read_json
 from ablate.sweep.spec import Job, Sweep
@@ -64,7 +66,12 @@ class JobPlan:
 # ---- hashes -------------------------------------------------------------------------------------
 def train_spec(sweep: Sweep, job: Job) -> dict:
     variant = resolve(job.variant, sweep.scale)
-    return {"variant": variant.name, "scale": sweep.scale, "model": variant.fields, "train": job.train, "data": sweep.data, "seed": job.seed}
+    spec = {"variant": variant.name, "scale": sweep.scale, "model": variant.fields, "train": job.train, "data": sweep.data, "seed": job.seed}
+    # the sources name the synthetic generators, not the text they write: a new text retrains
+    version = None if sweep.data.get("dir") else text_version(sweep.data.get("sources") or DEFAULT_SOURCES)
+    if version is not None:
+        spec["synthetic_text"] = version
+    return spec
 
 
 def eval_spec(train_hash: str, suite: str, job: Job) -> dict:
