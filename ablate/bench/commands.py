@@ -20,6 +20,7 @@ def bench_cmd(
     prefill_rows: int = typer.Option(8, "--prefill-rows", help="sequences per prefill forward (halved on OOM)"),
     prefill_budget: float = typer.Option(60.0, "--prefill-budget", help="seconds of prefill before the remaining rows are copied"),
     graphs: bool = typer.Option(True, "--graphs/--no-graphs", help="replay the decode step from a CUDA graph"),
+    fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="compile the decode step's elementwise functions (GPU)"),
 ):
     """Prefill / decode throughput, peak memory and cache MB (measured vs analytic) with the paper's
     protocol (8k random prompts, batch 128 halved on OOM, greedy). Writes RUN_DIR/bench.json for a
@@ -37,7 +38,7 @@ def bench_cmd(
     if device.startswith("cuda") and not torch.cuda.is_available():
         fail("--device cuda: no CUDA device here; use --device cpu")
     try:
-        protocol = Protocol(seq_len, gen_tokens, batch, dtype, device, prefill_rows=prefill_rows, prefill_budget_s=prefill_budget, graphs=graphs)
+        protocol = Protocol(seq_len, gen_tokens, batch, dtype, device, prefill_rows=prefill_rows, prefill_budget_s=prefill_budget, graphs=graphs, fuse=fuse)
         t = resolve_target(target, scale)
     except (ConfigError, RunDirError, ValueError) as e:
         fail(str(e))

@@ -197,6 +197,7 @@ def main(
     budget: float = typer.Option(400.0, "--budget", help="seconds after which remaining entries are skipped"),
     anchors: bool = typer.Option(True, "--anchors/--no-anchors", help="include transformers' Llama / Mamba2"),
     graphs: bool = typer.Option(True, "--graphs/--no-graphs", help="CUDA-graph decode steps"),
+    fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="compile the decode step's elementwise functions (GPU)"),
 ):
     """Benchmark every Table 1 / Table 3 variant and the transformers anchors (see module docstring)."""
     import torch
@@ -208,7 +209,7 @@ def main(
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("no CUDA device here; use --device cpu", param_hint="--device")
-    protocol = Protocol(seq_len, gen_tokens, batch, dtype, device, prefill_rows=prefill_rows, prefill_budget_s=prefill_budget, graphs=graphs)
+    protocol = Protocol(seq_len, gen_tokens, batch, dtype, device, prefill_rows=prefill_rows, prefill_budget_s=prefill_budget, graphs=graphs, fuse=fuse)
     entries = suite_entries(only, anchors)
     out.mkdir(parents=True, exist_ok=True)
     header = provenance()

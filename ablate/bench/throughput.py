@@ -12,7 +12,8 @@ until it fits when memory runs out, and the batch used is reported), greedy deco
 - decode tokens/s = batch / median time of one decode step, over ``gen_tokens`` steps after
   ``warmup_steps``, timed with CUDA events. A step is one replay of a CUDA graph of the whole model
   over the static cache (``ablate.model.static_decode``), or the same step run eagerly where capture
-  fails (``graph`` false, ``graph_error`` says why) or on CPU.
+  fails (``graph`` false, ``graph_error`` says why) or on CPU. On GPU the step's small elementwise
+  functions are compiled into one kernel each (``fuse``, ``ablate.model.elementwise``; ``fused`` says so).
 - decode bound: a step must read every weight and the whole cache once; at ``bandwidth`` bytes/s
   (H100 HBM3: ~3.0e12, shared/gpu-anchors.md) that takes (weight bytes + cache bytes) / bandwidth,
   so the bound is batch / that time. ``decode_bound_fraction`` is the share of it reached.
@@ -46,6 +47,7 @@ class Protocol:
     prefill_rows: int = 8
     prefill_budget_s: float = 60.0
     graphs: bool = True
+    fuse: bool = True  # the decode step's elementwise functions compiled (ablate.model.elementwise); CUDA only
     bandwidth: float = HBM_BYTES_PER_S
     seed: int = 0
 
@@ -167,14 +169,14 @@ def _bench_ablate_once(model, protocol: Protocol, batch: int, progress=None) -> 
     if protocol.graphs and device.type == "cuda":
         say(f"batch {batch}: capturing the decode step")
         try:
-            decoder = StaticGreedyDecoder(model, cache, use_graph=True)
+            decoder = StaticGreedyDecoder(model, cache, use_graph=True, fuse=protocol.fuse)
         except Exception as e:  # noqa: BLE001 - an OOM is the caller's; anything else falls back to eager
             if is_oom(e):
                 raise
             graph_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         cache.reset(seed)
     if decoder is None:
-        decoder = StaticGreedyDecoder(model, cache, use_graph=False)
+        decoder = StaticGreedyDecoder(model, cache, use_graph=False, fuse=protocol.fuse and device.type == "cuda")
 
     say(f"batch {batch}: prefill {P} tokens")
     chunks, first_tokens, rows = _prefill(model, cache, seed, prompts, protocol, say)
@@ -224,6 +226,7 @@ def _bench_ablate_once(model, protocol: Protocol, batch: int, progress=None) -> 
         "prefilled_rows": done,
         "graph": decoder.graph is not None,
         "graph_error": graph_error,
+        "fused": decoder.fuse,
         "params": sum(p.numel() for p in model.parameters()),
     }
 

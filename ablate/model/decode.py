@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ablate.kernels import MaskSpec
 from ablate.kernels.backend import op
 from ablate.kernels.triton.support import can_run
+from ablate.model.elementwise import fusable
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, scale: float | None = None) -> torch.Tensor:
@@ -48,6 +49,7 @@ def _additive_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return bias[..., :lk]
 
 
+@fusable
 def conv_step(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = "silu") -> torch.Tensor:
     """One step of the causal depthwise conv. x: (b, c) the new input; state: (b, c, k-1) the previous
     k-1 inputs, rolled in place to end with x. Returns (b, c)."""

@@ -17,6 +17,7 @@ from ablate.config import AblateConfig
 from ablate.kernels import causal_conv1d, selective_scan, ssd_scan
 from ablate.model.context import ForwardContext
 from ablate.model.decode import conv_step, selective_state_update, ssd_state_update
+from ablate.model.elementwise import fusable
 from ablate.model.layers import RMSNorm
 
 
@@ -89,13 +90,13 @@ class MambaHeads(nn.Module):
             dt, B, C = self.dt_norm(dt), self.B_norm(B), self.C_norm(C)
         dt = F.linear(dt, self.dt_proj.weight)  # the bias is added inside the scan, in fp32
         if step:
-            A = -torch.exp(self.A_log.float())
+            A = decay_rates(self.A_log)
             y = selective_state_update(state[1], x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D, z[:, 0], self.dt_proj.bias)
             return y.unsqueeze(1)
         y, ssm_state = selective_scan(
             x.transpose(1, 2),
             dt.transpose(1, 2),
-            -torch.exp(self.A_log.float()),
+            decay_rates(self.A_log),
             B.transpose(1, 2),
             C.transpose(1, 2),
             self.D,
@@ -134,11 +135,27 @@ class GatedGroupRMSNorm(nn.Module):
         self.groups, self.eps = groups, eps
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        dtype = y.dtype
-        y = y.float() * F.silu(z.float())
-        g = y.view(*y.shape[:-1], self.groups, -1)
-        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * g.view_as(y).to(dtype)
+        return gated_group_rms_norm(y, z, self.weight, self.groups, self.eps)
+
+
+@fusable
+def gated_group_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, groups: int, eps: float) -> torch.Tensor:
+    dtype = y.dtype
+    y = y.float() * F.silu(z.float())
+    g = y.view(*y.shape[:-1], groups, -1)
+    g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * g.view_as(y).to(dtype)
+
+
+@fusable
+def decay_rates(A_log: torch.Tensor) -> torch.Tensor:
+    """A = -exp(A_log), in fp32."""
+    return -torch.exp(A_log.float())
+
+
+@fusable
+def softplus_dt(dt: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.softplus(dt.float() + bias.float())
 
 
 class Mamba2Mixer(nn.Module):
@@ -183,13 +200,13 @@ class Mamba2Mixer(nn.Module):
             xbc = xbc.transpose(1, 2)
         xbc = _mask_padding(xbc, ctx)
         x, B, C = torch.split(xbc, [self.inner, self.groups * self.state_size, self.groups * self.state_size], dim=-1)
-        dt = F.softplus(dt.float() + self.dt_bias.float())
+        dt = softplus_dt(dt, self.dt_bias)
         if step:
             y = ssd_state_update(
                 state[1],
                 x.reshape(b, self.num_heads, self.head_dim),
                 dt[:, 0],
-                -torch.exp(self.A_log.float()),
+                decay_rates(self.A_log),
                 B.reshape(b, self.groups, self.state_size),
                 C.reshape(b, self.groups, self.state_size),
                 self.D,
@@ -198,7 +215,7 @@ class Mamba2Mixer(nn.Module):
         y, ssm_state = ssd_scan(
             x.reshape(b, l, self.num_heads, self.head_dim),
             dt,
-            -torch.exp(self.A_log.float()),
+            decay_rates(self.A_log),
             B.reshape(b, l, self.groups, self.state_size),
             C.reshape(b, l, self.groups, self.state_size),
             self.D,

@@ -3,7 +3,9 @@
 One decode step (embed the current tokens, every layer over the whole static cache, LM head, argmax
 into the token buffer) always touches the same buffers with the same shapes, so on CUDA it is
 captured once and replayed: no Python and no kernel launches per token, leaving the step bound by
-the bytes it reads. On CPU (tests) the same step runs eagerly.
+the bytes it reads. On CPU (tests) the same step runs eagerly. With ``fuse`` (the default on GPU)
+the step's small elementwise functions run compiled, one kernel each (``ablate.model.elementwise``):
+fewer kernels per layer is what a graph replay of a small-state model is bound by.
 
 Capturing runs the step a few times on the cache it is given (warm-up, then capture), which moves
 the cache's state: capture on a freshly allocated cache, then ``cache.reset(seed)`` (in place, so the
@@ -15,11 +17,13 @@ from __future__ import annotations
 import torch
 
 from ablate.model.cache import AblateCache
+from ablate.model.elementwise import fused_elementwise
 
 
 class StaticGreedyDecoder:
-    def __init__(self, model, cache: AblateCache, use_graph: bool | None = None, warmup: int = 2):
+    def __init__(self, model, cache: AblateCache, use_graph: bool | None = None, warmup: int = 2, fuse: bool | None = None):
         self.model, self.cache = model, cache
+        self.fuse = cache.device.type == "cuda" if fuse is None else fuse
         cache.static_decode = True
         self.tokens = torch.zeros(cache.batch, 1, dtype=torch.long, device=cache.device)
         self.logits: torch.Tensor | None = None
@@ -31,7 +35,8 @@ class StaticGreedyDecoder:
 
     @torch.no_grad()
     def _body(self) -> torch.Tensor:
-        logits = self.model(input_ids=self.tokens, past_key_values=self.cache, logits_to_keep=1).logits[:, -1]
+        with fused_elementwise(self.fuse):
+            logits = self.model(input_ids=self.tokens, past_key_values=self.cache, logits_to_keep=1).logits[:, -1]
         self.tokens.copy_(logits.argmax(-1, keepdim=True))
         return logits
 
