@@ -30,6 +30,20 @@ def test_fusable_runs_compiled_only_inside_the_context(monkeypatch):
     torch.testing.assert_close(fused, plain)
 
 
+def test_many_widths_do_not_exhaust_the_recompile_limit(monkeypatch):
+    """Parameters keep static shapes, so every norm width is its own graph: a benchmark suite meets
+    far more than dynamo's default limit of 8 (which, with fullgraph, is a hard error). Dynamo's
+    eager backend: the same graphs and guards without code generation, so the test stays fast."""
+    from ablate.model import elementwise
+
+    monkeypatch.setattr(elementwise, "BACKEND", "eager")
+    norm = elementwise.fusable(rms_norm.reference)
+    with fused_elementwise():
+        for width in range(4, 16):
+            x, w = torch.randn(2, width), torch.nn.Parameter(torch.randn(width))
+            torch.testing.assert_close(norm(x, w, 1e-5), rms_norm.reference(x, w, 1e-5))
+
+
 @pytest.mark.parametrize("variant", ["table1-13-meta-tokens", "table3-mamba2"])
 def test_fused_decode_matches_the_written_step(variant):
     """Hymba (RoPE, SWA ring, KV sharing, meta tokens, Mamba heads, seven norms) and Mamba2 (gated

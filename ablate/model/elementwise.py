@@ -9,7 +9,7 @@ step's matmuls, attention and state updates are untouched.
 
 Only the decode step: prefill and evaluation see a new length with every batch, and training
 compiles the whole model anyway (inside a compiled region the plain function is traced). Shapes are
-compiled dynamic, so one graph serves every width, batch and layer that calls a function.
+compiled dynamic, so one graph serves every batch and layer of a width.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ import functools
 import torch
 
 _ACTIVE = contextvars.ContextVar("ablate_fused_elementwise", default=False)
+# a function compiles once per width and dtype it meets (parameters keep static shapes): a model has
+# a handful, a benchmark suite of 21 models in one process many more than dynamo's default of 8
+RECOMPILE_LIMIT = 512
+BACKEND = "inductor"  # tests of the mechanism use "eager": the same dynamo graphs, no code generation
 
 
 @contextlib.contextmanager
@@ -44,8 +48,9 @@ def fusable(fn):
         if torch.compiler.is_compiling() or not _ACTIVE.get():  # traced first: no context var in a graph
             return fn(*args, **kwargs)
         if compiled is None:
-            compiled = torch.compile(fn, dynamic=True, fullgraph=True)
-        return compiled(*args, **kwargs)
+            compiled = torch.compile(fn, dynamic=True, fullgraph=True, backend=BACKEND)
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT):
+            return compiled(*args, **kwargs)
 
     wrapper.reference = fn
     return wrapper
