@@ -300,9 +300,8 @@ def cache_root() -> Path:
 def ensure_prepared(source: str = DEFAULT_SOURCES, tokenizer: str = "bpe", *, vocab_size: int, max_tokens: int | None, quiet: bool = False, **kwargs) -> Path:
     """A prepared directory for (source, tokenizer, size), built once and then reused from the cache.
     Concurrent callers may both build it; the first rename wins and the other is discarded."""
-    from ablate.rundir import config_hash
-
     from ablate.data.synthetic import text_version
+    from ablate.rundir import config_hash
 
     made_from = {"source": source, "tokenizer": tokenizer, "vocab": vocab_size, "max_tokens": max_tokens, "format": FORMAT_VERSION, **kwargs}
     if text_version(source) is not None:

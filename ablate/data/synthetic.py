@@ -12,7 +12,7 @@ use one query per example with the answer and distractors drawn from the same co
 that does not recall scores at chance (1 / number of choices). Train and eval draw from separate
 random streams, so eval contexts are never training documents.
 
-Both are written so that recall is plain induction, the copy a small model learns first: the
+Both are written so that recall is plain induction, the simplest in-context copy there is: the
 query ends with the key's last token, which occurs once in the context, directly followed there by
 the value (``Ada Zhang 258-4197`` / ``river 664``). Names, keys and values follow a space wherever
 they appear, so a byte-level BPE gives them the same tokens in both places. (The first formats,
