@@ -300,13 +300,11 @@ def cache_root() -> Path:
 def ensure_prepared(source: str = DEFAULT_SOURCES, tokenizer: str = "bpe", *, vocab_size: int, max_tokens: int | None, quiet: bool = False, **kwargs) -> Path:
     """A prepared directory for (source, tokenizer, size), built once and then reused from the cache.
     Concurrent callers may both build it; the first rename wins and the other is discarded."""
-    from ablate.data.synthetic import text_version
+    from ablate.data.synthetic import text_identity
     from ablate.rundir import config_hash
 
-    made_from = {"source": source, "tokenizer": tokenizer, "vocab": vocab_size, "max_tokens": max_tokens, "format": FORMAT_VERSION, **kwargs}
-    if text_version(source) is not None:
-        made_from["synthetic_text"] = text_version(source)
-    key = config_hash(made_from)
+    key = config_hash({"source": source, "tokenizer": tokenizer, "vocab": vocab_size, "max_tokens": max_tokens, "format": FORMAT_VERSION, **kwargs,
+                       **text_identity(source)})
     slug = "".join(c if c.isalnum() else "-" for c in f"{source.split(',')[0].split('@')[0]}-{tokenizer}")[:40]
     out = cache_root() / f"{slug}-{key}"
     if (out / MANIFEST).exists():

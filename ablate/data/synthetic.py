@@ -158,9 +158,11 @@ _DOCUMENTS = {"phonebook": phonebook_document, "mqar": mqar_document}
 _EXAMPLES = {"phonebook": phonebook_example, "mqar": mqar_example}
 
 
-def text_version(sources: str) -> int | None:
-    """``TEXT_VERSION`` when a source spec (``ablate.data.sources``) draws synthetic documents."""
-    return TEXT_VERSION if "synthetic:" in sources else None
+def text_identity(sources: str) -> dict:
+    """What a corpus of a source spec (``ablate.data.sources``) owes to the synthetic generators'
+    text, for the keys that identify it: ``{"synthetic_text": TEXT_VERSION}`` when it draws
+    synthetic documents, else nothing (a text-only corpus keeps its key)."""
+    return {"synthetic_text": TEXT_VERSION} if "synthetic:" in sources else {}
 
 
 def _check(task: str, known: tuple[str, ...] = TASKS) -> None:

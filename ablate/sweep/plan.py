@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ablate.data.sources import DEFAULT_SOURCES
-from ablate.data.synthetic import text_version
+from ablate.data.synthetic import text_identity
 from ablate.registry import resolve
 from ablate.rundir import RunDir, RunDirError, config_hash, read_json
 from ablate.sweep.spec import Job, Sweep
@@ -66,12 +66,9 @@ class JobPlan:
 # ---- hashes -------------------------------------------------------------------------------------
 def train_spec(sweep: Sweep, job: Job) -> dict:
     variant = resolve(job.variant, sweep.scale)
-    spec = {"variant": variant.name, "scale": sweep.scale, "model": variant.fields, "train": job.train, "data": sweep.data, "seed": job.seed}
     # the sources name the synthetic generators, not the text they write: a new text retrains
-    version = None if sweep.data.get("dir") else text_version(sweep.data.get("sources") or DEFAULT_SOURCES)
-    if version is not None:
-        spec["synthetic_text"] = version
-    return spec
+    text = {} if sweep.data.get("dir") else text_identity(sweep.data.get("sources") or DEFAULT_SOURCES)
+    return {"variant": variant.name, "scale": sweep.scale, "model": variant.fields, "train": job.train, "data": sweep.data, "seed": job.seed, **text}
 
 
 def eval_spec(train_hash: str, suite: str, job: Job) -> dict:
