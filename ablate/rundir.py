@@ -156,6 +156,8 @@ def provenance() -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
+        # kernel choices forced through the environment (ablate.kernels.backend); empty: every op on auto
+        "backend_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("ABLATE_") and k.endswith("_BACKEND")},
     }
 
 

@@ -4,8 +4,9 @@ Each is the single-step case of a reference op in ``ablate.kernels`` (attention_
 causal_conv1d_ref, selective_scan_ref, ssd_scan_sequential_ref) written for decode: states are
 updated in place (so a CUDA graph can replay the step over fixed buffers), no Python depends on
 tensor values, and the work is a few memory-bound passes. tests/test_cache.py holds each against its
-reference. The SSM state updates are ops with a fused Triton fast path
-(``ablate.model.decode_triton``), chosen like every kernel op (``ABLATE_<OP>_BACKEND``, else auto).
+reference. Decode attention and the SSM state updates are ops with a fused Triton fast path
+(``ablate.kernels.triton.decode_attention``, ``ablate.model.decode_triton``), chosen like every
+kernel op (``ABLATE_<OP>_BACKEND``, else auto).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ablate.kernels.triton.support import can_run
 from ablate.model.elementwise import fusable
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, scale: float | None = None) -> torch.Tensor:
+def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, scale: float | None = None) -> torch.Tensor:
     """q: (b, hq, 1, d); k: (b, hkv, lk, d); v: (b, hkv, lk, dv). Returns (b, hq, 1, dv).
 
     GQA without repeating K/V: the query heads of one group become query rows of their KV head, so
@@ -29,13 +30,15 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Ma
     ``enable_gqa`` takes only the flash and math kernels; flash takes no mask, math materializes the
     repeat.) The mask, one row per sequence, is the same for every row of the group."""
     b, hq, lq, d = q.shape
-    if lq != 1:
-        raise ValueError(f"decode_attention takes one query per sequence, got {lq}")
     hkv = k.shape[1]
     qg = q.reshape(b, hkv, hq // hkv, d)
     bias = spec.memo(("decode_bias", q.dtype), lambda: _additive_bias(spec.dense(), q.dtype))
-    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=bias, scale=scale if scale is not None else 1.0 / math.sqrt(d))
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=bias, scale=_scale(q, scale))
     return out.reshape(b, hq, 1, v.shape[-1])
+
+
+def _scale(q: torch.Tensor, scale: float | None) -> float:
+    return scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
 
 
 def _additive_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -122,6 +125,12 @@ def ssd_state_update_ref(
     return y.to(dtype)
 
 
+def _decode_attention_triton(q, k, v, spec: MaskSpec, scale=None):
+    from ablate.kernels.triton.decode_attention import decode_attention_triton
+
+    return decode_attention_triton(q, k, v, spec.dense(), _scale(q, scale))
+
+
 def _selective_triton(*args):
     from ablate.model.decode_triton import selective_state_update_triton
 
@@ -134,10 +143,21 @@ def _ssd_triton(*args):
     return ssd_state_update_triton(*args)
 
 
+_DECODE_ATTENTION = op("decode_attention", decode_attention_ref)
+_DECODE_ATTENTION.register("triton", _decode_attention_triton, lambda q, k, v, *rest: can_run(q, k, v))
 _SELECTIVE_STEP = op("selective_state_update", selective_state_update_ref)
 _SELECTIVE_STEP.register("triton", _selective_triton, lambda state, u, *rest: can_run(state, u))
 _SSD_STEP = op("ssd_state_update", ssd_state_update_ref)
 _SSD_STEP.register("triton", _ssd_triton, lambda state, x, *rest: can_run(state, x))
+
+
+def decode_attention(q, k, v, spec: MaskSpec, scale: float | None = None, backend=None) -> torch.Tensor:
+    """One query per sequence over a cache (a decode step); see ``decode_attention_ref``. The Triton
+    path (``ablate.kernels.triton.decode_attention``) reads each K/V element once per step."""
+    if q.shape[2] != 1:
+        raise ValueError(f"decode_attention takes one query per sequence, got {q.shape[2]}")
+    args = (q, k, v, spec, scale)
+    return _DECODE_ATTENTION.choose(backend, *args)(*args)
 
 
 def selective_state_update(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, backend=None):

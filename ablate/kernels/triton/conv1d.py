@@ -19,6 +19,8 @@ import triton
 import triton.language as tl
 
 from ablate.kernels.conv import conv_final_state
+from ablate.kernels.triton.support import env_ints
+
 if os.environ.get("TRITON_INTERPRET") == "1":  # CPU tests: fixes to triton 3.6's interpreter
     from ablate.kernels.triton.interpreter_compat import patch_interpreter
 
@@ -165,21 +167,16 @@ def _conv_bwd_kernel(
     tl.store(db_ptr + part * channels + offs_c, db_acc, mask=mc)
 
 
-def _env_ints(name: str) -> tuple[int, ...] | None:
-    value = os.environ.get(name)
-    return tuple(int(v) for v in value.split(",")) if value else None
-
-
 def fwd_config() -> tuple[int, int, int]:
     """(BLOCK_C, BLOCK_L, num_warps); ``ABLATE_CONV_FWD_CONFIG`` overrides."""
-    return _env_ints("ABLATE_CONV_FWD_CONFIG") or (64, 64, 4)
+    return env_ints("ABLATE_CONV_FWD_CONFIG") or (64, 64, 4)
 
 
 def bwd_config(masked: bool = False) -> tuple[int, int, int]:
     """(BLOCK_C, BLOCK_L, num_warps); ``ABLATE_CONV_BWD_CONFIG`` overrides. With document indices or
     an initial state the 4-warp tile spills ~2 KB per thread on sm_90 (offline ptxas report); 8 warps
     halve the per-thread tile."""
-    return _env_ints("ABLATE_CONV_BWD_CONFIG") or ((64, 64, 8) if masked else (64, 64, 4))
+    return env_ints("ABLATE_CONV_BWD_CONFIG") or ((64, 64, 8) if masked else (64, 64, 4))
 
 
 def _splits(batch: int, cblocks: int, tiles: int, device: torch.device) -> int:

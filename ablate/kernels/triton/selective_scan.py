@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ablate.kernels.triton.support import env_ints
+
 if os.environ.get("TRITON_INTERPRET") == "1":  # CPU tests: fixes to triton 3.6's interpreter
     from ablate.kernels.triton.interpreter_compat import patch_interpreter
 
@@ -456,18 +458,13 @@ def _scan_bwd_kernel(
 # launch configuration
 
 
-def _env_ints(name: str) -> tuple[int, ...] | None:
-    value = os.environ.get(name)
-    return tuple(int(v) for v in value.split(",")) if value else None
-
-
 def fwd_config(dstate: int) -> tuple[int, int, int]:
     """(BLOCK_D, T, num_warps); ``ABLATE_SCAN_FWD_CONFIG="BLOCK_D,T,warps"`` overrides (tuning sweeps).
 
     Per-element sm_90 SASS (compiled offline, bf16, N=16) is near its best from BLOCK_D 8 with 2 warps
     (~6 FP ops, 1.25 MUFU, ~4 shuffle/shared-memory ops per (t, n, d) element) while giving the most
     programs: parallelism is batch x dim / BLOCK_D programs, only 256 at the anchor shape."""
-    env = _env_ints("ABLATE_SCAN_FWD_CONFIG")
+    env = env_ints("ABLATE_SCAN_FWD_CONFIG")
     if env:
         return env
     n = triton.next_power_of_2(dstate)
@@ -495,7 +492,7 @@ def segments(programs: int, nchunks: int, device: torch.device) -> int:
 def bwd_config(dstate: int, T: int) -> tuple[int, int, bool]:
     """(BLOCK_D, num_warps, reduce over channels with tl.dot); its T is the forward's (the saved states
     are per chunk). ``ABLATE_SCAN_BWD_CONFIG="BLOCK_D,warps,dot"`` overrides."""
-    env = _env_ints("ABLATE_SCAN_BWD_CONFIG")
+    env = env_ints("ABLATE_SCAN_BWD_CONFIG")
     n = triton.next_power_of_2(dstate)
     if env:
         block_d, warps, dot = env

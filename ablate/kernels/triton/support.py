@@ -45,3 +45,8 @@ def package_installed(name: str) -> bool:
     their imports pull in compiled extensions."""
     return importlib.util.find_spec(name) is not None
 
+
+def env_ints(name: str) -> tuple[int, ...] | None:
+    """A comma-separated launch configuration from the environment (tuning sweeps, tests), or None."""
+    value = os.environ.get(name)
+    return tuple(int(v) for v in value.split(",")) if value else None
