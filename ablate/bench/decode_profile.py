@@ -1,0 +1,101 @@
+"""Where a decode step's time goes: the GPU kernels of one step of a paper-scale variant.
+
+    python -m ablate.bench.decode_profile VARIANT [VARIANT ...] [--batch 128] [--keys 8192] [--backends auto,reference]
+
+For each variant and each decode-attention backend (``ABLATE_DECODE_ATTENTION_BACKEND``): the cache
+is allocated for ``keys`` tokens and moved to the end of them without a prefill (kernel times depend
+on shapes, not on what the cache holds), the step runs eagerly under torch.profiler (kernels grouped
+by name, GPU ms per step), then as one CUDA-graph replay (median ms with CUDA events), beside the
+bandwidth floor of the step (weights + cache bytes at 3.0 TB/s).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+
+import torch
+import typer
+
+from ablate.bench.kernels import HBM_BYTES_PER_S
+
+
+def profile_variant(name: str, batch: int, keys: int, backend: str, steps: int = 3, top: int = 12, scale: str = "paper", device: str = "cuda") -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    from ablate.bench.targets import resolve_target
+    from ablate.bench.throughput import weight_bytes
+    from ablate.model.cache import AblateCache, meta_seed
+    from ablate.model.static_decode import StaticGreedyDecoder
+
+    os.environ["ABLATE_DECODE_ATTENTION_BACKEND"] = backend
+    cuda = device == "cuda"
+    model = resolve_target(name, scale).build(torch.bfloat16, device)
+    cache = AblateCache.for_model(model, batch, keys + 64, torch.bfloat16, device)
+    seed = meta_seed(model, torch.bfloat16, device) if model.config.num_meta_tokens else None
+
+    def at_the_end():
+        cache.reset(seed)
+        cache.advance(keys)
+
+    graph_ms = None
+    if cuda:
+        at_the_end()
+        graph = StaticGreedyDecoder(model, cache, use_graph=True)
+        at_the_end()
+        times = []
+        for _ in range(steps + 10):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.step()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        graph_ms = statistics.median(times[3:])
+        del graph
+
+    at_the_end()
+    eager = StaticGreedyDecoder(model, cache, use_graph=False, fuse=cuda)
+    for _ in range(3):
+        eager.step()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            eager.step()
+        sync()
+    kernels = sorted(
+        ((e.key, (e.device_time_total if cuda else e.self_cpu_time_total) / 1e3 / steps, e.count // steps)
+         for e in prof.key_averages() if (e.device_time_total if cuda else e.self_cpu_time_total) > 0),
+        key=lambda r: -r[1],
+    )
+    floor_ms = (weight_bytes(model) + cache.nbytes()) / HBM_BYTES_PER_S * 1e3
+    return {
+        "variant": name, "backend": backend, "graph_ms": graph_ms, "floor_ms": floor_ms,
+        "eager_gpu_ms": sum(ms for _, ms, _ in kernels),
+        "kernels": [{"name": k[:90], "ms_per_step": ms, "calls_per_step": n} for k, ms, n in kernels[:top]],
+    }
+
+
+def main(
+    variants: list[str] = typer.Argument(..., help="paper-scale variants to profile"),
+    batch: int = typer.Option(128, "--batch"),
+    keys: int = typer.Option(8192, "--keys", help="tokens already in the cache"),
+    backends: str = typer.Option("auto,reference", "--backends", help="decode-attention backends, comma-separated"),
+    scale: str = typer.Option("paper", "--scale"),
+    device: str = typer.Option("cuda", "--device", help="cuda | cpu (cpu: a smoke run, CPU op times, no graph)"),
+):
+    """Profile one decode step per variant and backend (see module docstring)."""
+    for name in variants:
+        for backend in backends.split(","):
+            r = profile_variant(name, batch, keys, backend, scale=scale, device=device)
+            if device == "cuda":
+                torch.cuda.empty_cache()  # the variant's weights and cache went with the call
+            graph = f"graph step {r['graph_ms']:.3f} ms ({100 * r['floor_ms'] / r['graph_ms']:.0f}% of the bound), " if r["graph_ms"] else ""
+            print(f"\n## {name}, decode attention {backend}: {graph}floor {r['floor_ms']:.3f} ms; eager kernel time {r['eager_gpu_ms']:.3f} ms")
+            for k in r["kernels"]:
+                print(f"  {k['ms_per_step']:8.3f} ms  x{k['calls_per_step']:<4} {k['name']}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
