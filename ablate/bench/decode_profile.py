@@ -2,11 +2,12 @@
 
     python -m ablate.bench.decode_profile VARIANT [VARIANT ...] [--batch 128] [--keys 8192] [--backends auto,reference]
 
-For each variant and each decode-attention backend (``ABLATE_DECODE_ATTENTION_BACKEND``): the cache
-is allocated for ``keys`` tokens and moved to the end of them without a prefill (kernel times depend
-on shapes, not on what the cache holds), the step runs eagerly under torch.profiler (kernels grouped
-by name, GPU ms per step), then as one CUDA-graph replay (median ms with CUDA events), beside the
-bandwidth floor of the step (weights + cache bytes at 3.0 TB/s).
+For each variant and each decode-attention backend (``ABLATE_DECODE_ATTENTION_BACKEND``): one row is
+prefilled with ``keys`` random tokens and copied into every row (as ``ablate bench`` does when its
+prefill budget runs out: real values matter, an H100 reads an all-zero cache faster than a real one),
+the step runs as one CUDA-graph replay (median ms with CUDA events), then eagerly under
+torch.profiler (kernels grouped by name, GPU ms per step), beside the bandwidth floor of the step
+(weights + cache bytes at 3.0 TB/s).
 """
 
 from __future__ import annotations
@@ -34,13 +35,19 @@ def profile_variant(name: str, batch: int, keys: int, backend: str, steps: int =
     cache = AblateCache.for_model(model, batch, keys + 64, torch.bfloat16, device)
     seed = meta_seed(model, torch.bfloat16, device) if model.config.num_meta_tokens else None
 
+    prompt = torch.randint(0, model.config.vocab_size, (1, keys), device=device)
+
+    @torch.no_grad()
     def at_the_end():
         cache.reset(seed)
-        cache.advance(keys)
+        view = cache.rows(0, 1)
+        model(input_ids=prompt, past_key_values=view, logits_to_keep=1)
+        cache.adopt(view)
+        cache.fill_rows_from(1)
 
     graph_ms = None
     if cuda:
-        at_the_end()
+        cache.reset(seed)  # capture on a fresh (seeded) cache, as ablate bench does
         graph = StaticGreedyDecoder(model, cache, use_graph=True)
         at_the_end()
         times = []

@@ -144,7 +144,10 @@ def _ssd_triton(*args):
 
 
 _DECODE_ATTENTION = op("decode_attention", decode_attention_ref)
-_DECODE_ATTENTION.register("triton", _decode_attention_triton, lambda q, k, v, *rest: can_run(q, k, v))
+# auto takes the kernel for grouped heads only: with one query head per KV head SDPA's kernels read
+# the cache as fast (H100, reports/bench-h100/decode_attention.md), with several they read it at
+# 66-79% of the bandwidth where the kernel reads it at 91-98%
+_DECODE_ATTENTION.register("triton", _decode_attention_triton, lambda q, k, v, *rest: q.shape[1] > k.shape[1] and can_run(q, k, v))
 _SELECTIVE_STEP = op("selective_state_update", selective_state_update_ref)
 _SELECTIVE_STEP.register("triton", _selective_triton, lambda state, u, *rest: can_run(state, u))
 _SSD_STEP = op("ssd_state_update", ssd_state_update_ref)
