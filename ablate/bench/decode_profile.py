@@ -3,7 +3,7 @@
     python -m ablate.bench.decode_profile VARIANT [VARIANT ...] [--batch 128] [--keys 8192] [--backends auto,reference]
 
 For each variant and each decode-attention backend (``ABLATE_DECODE_ATTENTION_BACKEND``): one row is
-prefilled with ``keys`` random tokens and copied into every row (as ``ablate bench`` does when its
+prefilled with ``keys`` random tokens and copied into every row (``--prefill-rows``: more rows prefilled) (as ``ablate bench`` does when its
 prefill budget runs out: real values matter, an H100 reads an all-zero cache faster than a real one),
 the step runs as one CUDA-graph replay (median ms with CUDA events), then eagerly under
 torch.profiler (kernels grouped by name, GPU ms per step), beside the bandwidth floor of the step
@@ -21,7 +21,8 @@ import typer
 from ablate.bench.kernels import HBM_BYTES_PER_S
 
 
-def profile_variant(name: str, batch: int, keys: int, backend: str, steps: int = 3, top: int = 12, scale: str = "paper", device: str = "cuda") -> dict:
+def profile_variant(name: str, batch: int, keys: int, backend: str, steps: int = 3, top: int = 12, scale: str = "paper", device: str = "cuda",
+                    prefill_rows: int = 1) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from ablate.bench.targets import resolve_target
@@ -35,15 +36,17 @@ def profile_variant(name: str, batch: int, keys: int, backend: str, steps: int =
     cache = AblateCache.for_model(model, batch, keys + 64, torch.bfloat16, device)
     seed = meta_seed(model, torch.bfloat16, device) if model.config.num_meta_tokens else None
 
-    prompt = torch.randint(0, model.config.vocab_size, (1, keys), device=device)
+    rows = max(1, min(prefill_rows, batch))
+    prompts = torch.randint(0, model.config.vocab_size, (rows, keys), device=device)
 
     @torch.no_grad()
     def at_the_end():
         cache.reset(seed)
-        view = cache.rows(0, 1)
-        model(input_ids=prompt, past_key_values=view, logits_to_keep=1)
+        for start in range(0, rows, 8):
+            view = cache.rows(start, min(start + 8, rows))
+            model(input_ids=prompts[start : start + 8], past_key_values=view, logits_to_keep=1)
         cache.adopt(view)
-        cache.fill_rows_from(1)
+        cache.fill_rows_from(rows)
 
     graph_ms = None
     if cuda:
@@ -91,11 +94,12 @@ def main(
     backends: str = typer.Option("auto,reference", "--backends", help="decode-attention backends, comma-separated"),
     scale: str = typer.Option("paper", "--scale"),
     device: str = typer.Option("cuda", "--device", help="cuda | cpu (cpu: a smoke run, CPU op times, no graph)"),
+    prefill_rows: int = typer.Option(1, "--prefill-rows", help="rows prefilled with their own prompts (8 per forward); the rest copy them"),
 ):
     """Profile one decode step per variant and backend (see module docstring)."""
     for name in variants:
         for backend in backends.split(","):
-            r = profile_variant(name, batch, keys, backend, scale=scale, device=device)
+            r = profile_variant(name, batch, keys, backend, scale=scale, device=device, prefill_rows=prefill_rows)
             if device == "cuda":
                 torch.cuda.empty_cache()  # the variant's weights and cache went with the call
             graph = f"graph step {r['graph_ms']:.3f} ms ({100 * r['floor_ms'] / r['graph_ms']:.0f}% of the bound), " if r["graph_ms"] else ""
