@@ -65,11 +65,3 @@ def test_multi_head_full_cache_with_a_partial_tile_and_a_fully_masked_split(inte
     valid = (pos < 41).expand(b, lk)
     _check(q, k, v, MaskSpec(torch.tensor([[40]]), pos, key_valid=valid), dtype, tol)
 
-
-def test_auto_takes_the_kernel_for_grouped_query_heads_only(interpreted):
-    from ablate.model.decode import _DECODE_ATTENTION, decode_attention_ref
-
-    spec = MaskSpec(torch.tensor([[7]]), torch.arange(8).unsqueeze(0))
-    k = v = torch.randn(1, 2, 8, 16)
-    assert _DECODE_ATTENTION.choose(None, torch.randn(1, 4, 1, 16), k, v, spec) is not decode_attention_ref
-    assert _DECODE_ATTENTION.choose(None, torch.randn(1, 2, 1, 16), k, v, spec) is decode_attention_ref
