@@ -3,11 +3,11 @@
     python -m ablate.bench.decode_profile VARIANT [VARIANT ...] [--batch 128] [--keys 8192] [--backends auto,reference]
 
 For each variant and each decode-attention backend (``ABLATE_DECODE_ATTENTION_BACKEND``): one row is
-prefilled with ``keys`` random tokens and copied into every row (``--prefill-rows``: more rows prefilled) (as ``ablate bench`` does when its
-prefill budget runs out: real values matter, an H100 reads an all-zero cache faster than a real one),
-the step runs as one CUDA-graph replay (median ms with CUDA events), then eagerly under
-torch.profiler (kernels grouped by name, GPU ms per step), beside the bandwidth floor of the step
-(weights + cache bytes at 3.0 TB/s).
+prefilled with ``keys`` random tokens and copied into every row, as ``ablate bench`` does when its
+prefill budget runs out (``--prefill-rows``: more rows prefilled, 8 per forward; SDPA has picked a
+different kernel for the same step after a full prefill). The step runs as one CUDA-graph replay
+(median ms with CUDA events), then eagerly under torch.profiler (kernels grouped by name, GPU ms per
+step), beside the bandwidth floor of the step (weights + cache bytes at 3.0 TB/s).
 """
 
 from __future__ import annotations
