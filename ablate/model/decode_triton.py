@@ -12,6 +12,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ablate.kernels.triton.support import env_ints
+
 
 @triton.jit
 def _softplus(x):
@@ -104,13 +106,14 @@ def ssd_state_update_triton(state, x, dt, A, B, C, D=None):
     groups = B.shape[1]
     y = torch.empty_like(x)
     block_n = triton.next_power_of_2(n)
-    block_p = max(1, min(triton.next_power_of_2(p), 4096 // block_n))
+    # (BLOCK_P, num_warps); ABLATE_SSD_UPDATE_CONFIG overrides (ablate.bench.decode_steps sweeps it)
+    block_p, warps = env_ints("ABLATE_SSD_UPDATE_CONFIG") or (max(1, min(triton.next_power_of_2(p), 4096 // block_n)), 4)
     grid = (b * heads, triton.cdiv(p, block_p))
     _ssd_update_kernel[grid](
         state, x, dt, A, B, C, D if D is not None else A, y,
         heads, p, n, heads // groups,
         *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
-        HAS_D=D is not None, BLOCK_P=block_p, BLOCK_N=block_n,
+        HAS_D=D is not None, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps,
     )
     return y
 

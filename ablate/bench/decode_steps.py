@@ -1,0 +1,77 @@
+"""The SSM decode steps at the paper's shapes: how close the fused state updates come to the bandwidth.
+
+    python -m ablate.bench.decode_steps [--batch 128]
+
+One row per distinct SSM layer of the Table 1 / Table 3 variants at paper scale: the Mamba2 state
+update (``ssd_state_update``) or Mamba's (``selective_state_update``), Triton vs the PyTorch reference,
+bf16 state as the benchmark's cache holds it. Median ms (CUDA events after warm-up, L2 flushed,
+``ablate.bench.kernels.time_ms``); GB/s counts the state read and written once plus the step's inputs
+and output, % of the 3.0 TB/s the H100 measured. Launch configurations come from the environment
+(``ABLATE_SSD_UPDATE_CONFIG="BLOCK_P,warps"``), so a shell loop sweeps them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import typer
+
+from ablate.bench.kernels import HBM_BYTES_PER_S, time_ms
+
+
+def ssm_shapes() -> dict[tuple, list[str]]:
+    """(kind, heads or channels, head_dim, d_state, groups) -> the variants with such a layer."""
+    from ablate.bench.paper_suite import suite_entries
+    from ablate.registry import resolve
+
+    shapes: dict[tuple, list[str]] = {}
+    for name in suite_entries(anchors=False):
+        c = resolve(name, "paper").config
+        if not c.has_ssm:
+            continue
+        if c.ssm_type == "mamba2":
+            key = ("mamba2", c.ssm_num_heads, c.ssm_head_dim, c.ssm_state_size, c.ssm_n_groups)
+        else:
+            key = ("mamba", c.ssm_inner_size, 1, c.ssm_state_size, 1)
+        shapes.setdefault(key, []).append(name)
+    return shapes
+
+
+def step_inputs(shape: tuple, batch: int, device):
+    from ablate.model.decode import selective_state_update, ssd_state_update
+
+    kind, h, p, n, g = shape
+    bf = dict(device=device, dtype=torch.bfloat16)
+    if kind == "mamba2":
+        state = torch.randn(batch, h, p, n, **bf)
+        args = (state, torch.randn(batch, h, p, **bf), torch.rand(batch, h, device=device), -torch.rand(h, device=device),
+                torch.randn(batch, g, n, **bf), torch.randn(batch, g, n, **bf), torch.randn(h, device=device))
+        io = 2 * state.numel() * 2 + 2 * batch * h * p * 2 + 2 * batch * g * n * 2
+        return ssd_state_update, args, io
+    state = torch.randn(batch, h, n, **bf)
+    args = (state, torch.randn(batch, h, **bf), torch.randn(batch, h, **bf), -torch.rand(h, n, device=device),
+            torch.randn(batch, n, **bf), torch.randn(batch, n, **bf), torch.randn(h, device=device), torch.randn(batch, h, **bf),
+            torch.randn(h, device=device))
+    io = 2 * state.numel() * 2 + 4 * batch * h * 2 + 2 * batch * n * 2
+    return selective_state_update, args, io
+
+
+def main(batch: int = typer.Option(128, "--batch", help="sequences per decode step (the paper's protocol)")):
+    """Time the fused SSM state updates at every SSM shape of the paper-scale variants."""
+    if not torch.cuda.is_available():
+        raise typer.BadParameter("needs a CUDA device (CPU parity: tests/test_cache.py)")
+    config = os.environ.get("ABLATE_SSD_UPDATE_CONFIG", "default")
+    print(f"batch {batch}, ABLATE_SSD_UPDATE_CONFIG={config}")
+    print("| op | heads x head dim x state (groups) | reference ms | Triton ms | Triton % of 3 TB/s | variants |")
+    print("|---|---|---|---|---|---|")
+    for shape, variants in ssm_shapes().items():
+        fn, args, io = step_inputs(shape, batch, torch.device("cuda"))
+        ms = {impl: time_ms(lambda: fn(*args, backend=impl)) for impl in ("reference", "triton")}
+        kind, h, p, n, g = shape
+        print(f"| {kind} | {h} x {p} x {n} ({g}) | {ms['reference']:.3f} | {ms['triton']:.3f} | "
+              f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {', '.join(variants)} |")
+
+
+if __name__ == "__main__":
+    typer.run(main)
