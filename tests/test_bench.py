@@ -157,3 +157,30 @@ def test_graph_check_agrees_with_full_forward_eagerly_on_cpu():
 
     result = check_variant("table1-13-meta-tokens", "tiny", "cpu", torch.float32)
     assert result["max_abs_diff"] < 1e-4 and result["graph"] is False
+
+
+def test_decode_profile_lists_the_kernels_of_one_step_on_cpu():
+    """The profile script's CPU smoke path: a prefilled row copied into the batch, one eager step
+    profiled, its ops ranked by time."""
+    from ablate.bench.decode_profile import profile_variant
+
+    r = profile_variant("table1-13-meta-tokens", batch=3, keys=24, backend="reference", scale="tiny", device="cpu", prefill_rows=2)
+    assert r["graph_ms"] is None and r["eager_gpu_ms"] > 0 and r["floor_ms"] > 0
+    times = [k["ms_per_step"] for k in r["kernels"]]
+    assert times and times == sorted(times, reverse=True) and all(k["calls_per_step"] >= 1 for k in r["kernels"])
+
+
+def test_decode_attention_bench_masks_what_each_layer_sees():
+    """The benchmark's inputs: a full layer sees every key, a sliding-window layer its meta tokens and
+    its ring (which has wrapped), a padded row fewer; one entry per distinct shape of the paper variants."""
+    from ablate.bench.decode_attention import attention_shapes, inputs
+
+    shapes = attention_shapes(8192, 32)
+    assert any(s[5] is None for s in shapes) and any(s[5] is not None for s in shapes)
+    assert any("table1-06-llama" in v for v in shapes.values()) and any("table3-hymba" in v for v in shapes.values())
+    for shape in [(4, 2, 8, 8, 40, None, 0), (4, 2, 8, 8, 14, 10, 4)]:
+        q, k, v, spec = inputs(shape, 2, "cpu", torch.float32, padded=True)
+        seen = spec.dense().reshape(2, -1).sum(-1).tolist()
+        keys = shape[4]
+        assert seen == [keys - keys // 4, keys], (shape, seen)  # row 0 loses a quarter of the slots after the meta tokens
+        assert k.shape == (2, 2, keys, 8) and q.shape == (2, 4, 1, 8)
