@@ -21,8 +21,22 @@ import typer
 from ablate.bench.kernels import HBM_BYTES_PER_S
 
 
-def profile_variant(name: str, batch: int, keys: int, backend: str, steps: int = 3, top: int = 12, scale: str = "paper", device: str = "cuda",
-                    prefill_rows: int = 1) -> dict:
+def profile_variant(name: str, batch: int, keys: int, backend: str, **kwargs) -> dict:
+    """One variant's decode step with decode attention on ``backend`` (auto | reference | triton);
+    the environment is as it was afterwards."""
+    saved = os.environ.get("ABLATE_DECODE_ATTENTION_BACKEND")
+    os.environ["ABLATE_DECODE_ATTENTION_BACKEND"] = backend
+    try:
+        return _profile(name, batch, keys, backend, **kwargs)
+    finally:
+        if saved is None:
+            os.environ.pop("ABLATE_DECODE_ATTENTION_BACKEND")
+        else:
+            os.environ["ABLATE_DECODE_ATTENTION_BACKEND"] = saved
+
+
+def _profile(name: str, batch: int, keys: int, backend: str, steps: int = 3, top: int = 12, scale: str = "paper", device: str = "cuda",
+             prefill_rows: int = 1) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from ablate.bench.targets import resolve_target
@@ -30,7 +44,6 @@ def profile_variant(name: str, batch: int, keys: int, backend: str, steps: int =
     from ablate.model.cache import AblateCache, meta_seed
     from ablate.model.static_decode import StaticGreedyDecoder
 
-    os.environ["ABLATE_DECODE_ATTENTION_BACKEND"] = backend
     cuda = device == "cuda"
     model = resolve_target(name, scale).build(torch.bfloat16, device)
     cache = AblateCache.for_model(model, batch, keys + 64, torch.bfloat16, device)

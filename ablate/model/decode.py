@@ -144,8 +144,8 @@ def _ssd_triton(*args):
 
 
 _DECODE_ATTENTION = op("decode_attention", decode_attention_ref)
-# auto takes the kernel wherever it runs: it reads the cache at 85-99% of the H100's bandwidth for
-# every paper shape (reports/bench-h100/decode_attention.md), while SDPA reads grouped heads at 66-79%
+# auto takes the kernel wherever it runs: it reads every 8k cache of the paper shapes at 85-99% of the
+# H100's bandwidth (reports/bench-h100/decode_attention.md), while SDPA reads grouped heads at 66-79%
 # and, for one query head per KV head, dispatches to cuDNN (~95%) or to its memory-efficient kernel
 # (~47%: Table 1's Llama step took 38.9 instead of 20.7 ms) by conditions outside our control
 _DECODE_ATTENTION.register("triton", _decode_attention_triton, lambda q, k, v, *rest: can_run(q, k, v))
