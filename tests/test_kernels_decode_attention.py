@@ -23,6 +23,7 @@ def interpreted(request, monkeypatch):
     config = {"ABLATE_DECODE_ATTENTION_CONFIG": "16,1,1"}
     if request.param != "auto":
         config["ABLATE_DECODE_ATTENTION_SPLITS"] = request.param
+    monkeypatch.delenv("ABLATE_DECODE_ATTENTION_BACKEND", raising=False)  # it would override backend="triton"
     use_interpreter(monkeypatch, KERNEL_MODULE, "_decode_attention_kernel", **config)
 
 
