@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from ablate.cli import app
 from ablate.rundir import RunDir
-from ablate.sweep.parallel import TIME_LIMIT_EXIT, combined_exit, split_variants
+from ablate.sweep.parallel import TIME_LIMIT_EXIT, combined_exit, split_variants, worker_command
+from ablate.sweep.spec import load_sweep
 
 
 def test_split_and_exit_codes():
@@ -17,6 +18,13 @@ def test_split_and_exit_codes():
     assert combined_exit([0, TIME_LIMIT_EXIT]) == TIME_LIMIT_EXIT  # rerun to continue
     assert combined_exit([TIME_LIMIT_EXIT, 1]) == 1  # a failure is not hidden by a pause
     assert combined_exit([1, 130]) == 130
+
+
+def test_workers_get_the_seeds_asked_for():
+    sweep = load_sweep("smoke")
+    cmd = worker_command(sweep, "runs/x", ["train", "report"], ["table1-06-llama"], time_limit=None, fail_fast=False, seeds="1")
+    assert cmd[cmd.index("--seeds") + 1] == "1" and cmd[cmd.index("--stages") + 1] == "train"
+    assert "--seeds" not in worker_command(sweep, "runs/x", ["train"], ["table1-06-llama"], time_limit=None, fail_fast=False)
 
 
 def test_two_workers_train_every_run_and_report_once(tmp_path, monkeypatch):

@@ -196,6 +196,11 @@ def test_dry_run_plan_and_estimate(tmp_path):
     assert not (tmp_path / "fresh").exists()  # a dry run writes nothing
     assert sweep.jobs[1].run_name == "table1-06-llama-s1"
 
+    # one seed of the sweep alone (a lease each): the same runs, under the same names
+    one = CliRunner().invoke(app, ["sweep", "t", "--file", str(path), "--root", str(tmp_path / "fresh"), "--dry-run", "--seeds", "1"])
+    assert one.exit_code == 0, one.output
+    assert "table1-06-llama-s1" in one.output and "128 tokens to train" in one.output.replace("\n", " ")
+
 
 @pytest.mark.parametrize(
     "args, needle",
@@ -205,6 +210,8 @@ def test_dry_run_plan_and_estimate(tmp_path):
         (["sweep", "t", "--only", "table1-01-mamba"], "not in sweep 't'"),
         (["sweep", "t", "--only", "no-such-variant"], "unknown variant"),
         (["sweep", "t", "--stages", "train,eval:niah"], "evaluates no suite 'niah'"),
+        (["sweep", "t", "--seeds", "3"], "has seeds 0"),
+        (["sweep", "t", "--seeds", "one"], "comma-separated integers"),
         (["report", "/no/such/root"], "no such run root"),
     ],
 )

@@ -12,6 +12,22 @@ ACTION_STYLE = {"run": "cyan", "resume": "yellow", "rerun": "magenta", "skip": "
 STATUS_STYLE = {"ok": "green", "skipped": "dim", "failed": "red", "interrupted": "yellow", "not run": "red", "paused": "yellow"}
 
 
+def select_seeds(sweep, value: str) -> list:
+    """The sweep's jobs of the seeds in ``value`` ("0,1"); a seed the sweep lacks is a one-line error.
+    Run names and config hashes are those of the whole sweep: a seed run alone is the same run."""
+    from ablate.console import fail
+
+    try:
+        wanted = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds {value!r}: comma-separated integers, e.g. --seeds 1")
+    have = sorted({j.seed for j in sweep.jobs})
+    missing = [s for s in wanted if s not in have]
+    if missing or not wanted:
+        fail(f"--seeds {value!r}: sweep {sweep.name!r} ({sweep.file}) has seeds {', '.join(map(str, have))}")
+    return [j for j in sweep.jobs if j.seed in wanted]
+
+
 def _hours(seconds: float | None) -> str:
     if seconds is None:
         return "unknown"
@@ -99,6 +115,7 @@ def register(app: typer.Typer) -> None:
                                               "exit code 75 says 'rerun to continue'"),
         jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="run the variants in this many worker processes side by side (small models leave a GPU "
                                  "mostly idle); logs in RUN_ROOT/.sweep/logs/"),
+        seeds: str = typer.Option(None, "--seeds", help="only these of the sweep's seeds, comma-separated (e.g. one seed per machine lease)"),
     ):
         """Run a named sweep: train, eval, bench and report every variant x seed into a run root, skipping
         stages whose results exist under the same config hash; safe to interrupt and rerun."""
@@ -128,6 +145,8 @@ def register(app: typer.Typer) -> None:
                 if canonical not in sweep.variants:
                     fail(f"--only: variant {canonical!r} is not in sweep {name!r} ({sweep.file}); its variants: {', '.join(sweep.variants)}")
                 only_names.append(canonical)
+        if seeds:
+            sweep.jobs = select_seeds(sweep, seeds)
         run_root = root or Path("runs") / sweep.name
         if root is not None and not root.exists() and stage_list == ["report"]:
             fail(f"--root {root}: no such run root")
@@ -141,7 +160,7 @@ def register(app: typer.Typer) -> None:
             from ablate.sweep.parallel import run_parallel
 
             code = run_parallel(sweep, run_root, stage_list, only_names or list(sweep.variants), jobs, time_limit=time_limit,
-                                fail_fast=fail_fast, console=console, prepare_data=stage_adapters.prepare_data)
+                                fail_fast=fail_fast, console=console, prepare_data=stage_adapters.prepare_data, seeds=seeds)
             print_plan(console, sweep, run_root, runner.plan(), [s for s in stage_list if s != "report"])  # what is left, if anything
             if "report" in stage_list and code in (0, 1):
                 report = SweepRunner(sweep, run_root, ["report"], report_out=out, console=console).run()

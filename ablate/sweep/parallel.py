@@ -29,9 +29,12 @@ def split_variants(variants: list[str], jobs: int) -> list[list[str]]:
     return [g for g in groups if g]
 
 
-def worker_command(sweep: Sweep, root: Path, stages: list[str], group: list[str], *, time_limit: float | None, fail_fast: bool) -> list[str]:
+def worker_command(sweep: Sweep, root: Path, stages: list[str], group: list[str], *, time_limit: float | None, fail_fast: bool,
+                   seeds: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "ablate", "sweep", sweep.name, "--file", str(sweep.file), "--root", str(root),
            "--stages", ",".join(s for s in stages if s != "report"), "--only", ",".join(group), "--quiet"]
+    if seeds:
+        cmd += ["--seeds", seeds]
     if time_limit is not None:
         cmd += ["--time-limit", f"{max(time_limit, 0.0):.0f}"]
     if fail_fast:
@@ -50,7 +53,7 @@ def combined_exit(codes: list[int]) -> int:
 
 
 def run_parallel(sweep: Sweep, root: Path, stages: list[str], variants: list[str], jobs: int, *, time_limit: float | None,
-                 fail_fast: bool, console, prepare_data) -> int:
+                 fail_fast: bool, console, prepare_data, seeds: str | None = None) -> int:
     """Run the workers to the end (or Ctrl-C: passed on to them) and return the combined exit code;
     the caller makes the report."""
     started = time.monotonic()
@@ -65,7 +68,7 @@ def run_parallel(sweep: Sweep, root: Path, stages: list[str], variants: list[str
     for k, group in enumerate(split_variants(variants, jobs)):
         left = None if time_limit is None else time_limit - (time.monotonic() - started)
         log = logs / f"worker-{k}.log"
-        cmd = worker_command(sweep, root, stages, group, time_limit=left, fail_fast=fail_fast)
+        cmd = worker_command(sweep, root, stages, group, time_limit=left, fail_fast=fail_fast, seeds=seeds)
         with open(log, "w") as f:
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
         workers.append((k, group, log, proc))
