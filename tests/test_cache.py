@@ -4,6 +4,7 @@ count, and the decode-step functions match their reference ops."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ablate.bench.accounting import cache_bytes
 from ablate.kernels import MaskSpec, attention_ref, causal_conv1d_ref, selective_scan_ref, ssd_scan_sequential_ref
@@ -199,6 +200,13 @@ def test_ssd_state_update_matches_sequential_ref():
     ys = [ssd_state_update(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], D) for t in range(l)]
     torch.testing.assert_close(torch.stack(ys, 1), ref)
     torch.testing.assert_close(state, ref_state)
+    # dt's bias and softplus taken inside the step
+    raw, bias = torch.randn(b, l, h), torch.randn(h)
+    ref, ref_state = ssd_scan_sequential_ref(x, F.softplus(raw + bias), A, B, C, D, h0)
+    state = h0.clone()
+    ys = [ssd_state_update(state, x[:, t], raw[:, t], A, B[:, t], C[:, t], D, bias, True) for t in range(l)]
+    torch.testing.assert_close(torch.stack(ys, 1), ref)
+    torch.testing.assert_close(state, ref_state)
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -225,8 +233,9 @@ def test_ssm_state_can_be_kept_wider_than_the_cache_dtype():
 # ---- the fused Triton decode steps -------------------------------------------------------------
 TRITON_CHECK = r"""
 import torch
-from ablate.model.decode import selective_state_update_ref, ssd_state_update_ref
-from ablate.model.decode_triton import selective_state_update_triton, ssd_state_update_triton
+import torch.nn.functional as F
+from ablate.model.decode import conv_step_ref, selective_state_update_ref, ssd_state_update_ref
+from ablate.model.decode_triton import conv_step_triton, selective_state_update_triton, ssd_state_update_triton
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 torch.manual_seed(0)
@@ -241,6 +250,12 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
     ref = ssd_state_update_ref(ref_state, x, dt, A, B, C, D)
     torch.testing.assert_close(ssd_state_update_triton(state, x, dt, A, B, C, D), ref, atol=tol, rtol=tol)
     torch.testing.assert_close(state, ref_state, atol=tol, rtol=tol)
+    # dt's bias and softplus inside the step equal them applied before it
+    raw, dt_bias = torch.randn(b, h, device=device), torch.randn(h, device=device)
+    raw[0, 0] = 25.0  # past softplus's threshold
+    ref = ssd_state_update_ref(ref_state, x, F.softplus(raw + dt_bias), A, B, C, D)
+    torch.testing.assert_close(ssd_state_update_triton(state, x, raw, A, B, C, D, dt_bias, True), ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(state, ref_state, atol=tol, rtol=tol)
 
     b, d, n = 3, 10, 6
     u, delta, z = (torch.randn(b, d, device=device, dtype=dtype) for _ in range(3))
@@ -252,6 +267,18 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
     ref = selective_state_update_ref(ref_state, u, delta, A, B, C, D, z, bias)
     torch.testing.assert_close(selective_state_update_triton(state, u, delta, A, B, C, D, z, bias), ref, atol=tol, rtol=tol)
     torch.testing.assert_close(state, ref_state, atol=tol, rtol=tol)
+
+    # the conv step: x a strided slice (as the in_proj output gives it), channels past one block,
+    # Mamba's 4 taps and a 2-tap conv (a one-slot state), with and without bias and SiLU
+    for taps, c, with_bias, activation in ((4, 300, True, "silu"), (2, 7, False, None)):
+        x = torch.randn(b, 1, c + 5, device=device, dtype=dtype)[:, 0, 2 : c + 2]
+        w, cb = torch.randn(c, taps, device=device, dtype=dtype), torch.randn(c, device=device, dtype=dtype)
+        state = torch.randn(b, c, taps - 1, device=device, dtype=dtype)
+        ref_state = state.clone()
+        bias_arg = cb if with_bias else None
+        ref = conv_step_ref(x, ref_state, w, bias_arg, activation)
+        torch.testing.assert_close(conv_step_triton(x, state, w, bias_arg, activation), ref, atol=tol, rtol=tol)
+        torch.testing.assert_close(state, ref_state, atol=0, rtol=0)  # the roll moves values, no arithmetic
 print("ok")
 """
 

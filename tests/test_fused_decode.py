@@ -6,7 +6,7 @@ import torch
 
 from ablate.model.cache import AblateCache, meta_seed
 from ablate.model.elementwise import fused_elementwise
-from ablate.model.layers import rms_norm
+from ablate.model.layers import add_rms_norm, rms_norm
 from ablate.model.lm import AblateForCausalLM
 from ablate.model.static_decode import StaticGreedyDecoder
 from ablate.registry import resolve
@@ -47,10 +47,21 @@ def test_many_widths_do_not_exhaust_the_recompile_limit(monkeypatch):
             torch.testing.assert_close(norm(x, w, 1e-5), rms_norm.reference(x, w, 1e-5))
 
 
-@pytest.mark.parametrize("variant", ["table1-13-meta-tokens", "table3-mamba2"])
+def test_fused_residual_add_rounds_the_sum_like_the_unfused_add():
+    """The residual stream is kept in the model's dtype: fused, the norm reads the sum as stored."""
+    x, delta, w = (torch.randn(4, 256).bfloat16() * 4 for _ in range(3))
+    with fused_elementwise():
+        total, normed = add_rms_norm(x, delta, w, 1e-5)
+        alone = rms_norm(x + delta, w, 1e-5)
+    assert torch.equal(total, x + delta)
+    assert torch.equal(normed, alone)
+
+
+@pytest.mark.parametrize("variant", ["table1-13-meta-tokens", "table3-mamba2", "table1-10-llama-kv-compression"])
 def test_fused_decode_matches_the_written_step(variant):
-    """Hymba (RoPE, SWA ring, KV sharing, meta tokens, Mamba heads, seven norms) and Mamba2 (gated
-    group norm, softplus dt): greedy steps with and without fusion give the same logits."""
+    """Hymba (RoPE, SWA ring, KV sharing, meta tokens, Mamba heads, seven norms), Mamba2 (gated
+    group norm, softplus dt) and Llama blocks with SWA and KV sharing (packed projections, RoPE on
+    queries alone in the sharing layers): greedy steps with and without fusion give the same logits."""
     torch.manual_seed(0)
     model = AblateForCausalLM(resolve(variant, "tiny", overrides={"num_hidden_layers": 3}).config).eval()
     ids = torch.randint(0, model.config.vocab_size, (2, 9))

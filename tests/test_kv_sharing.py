@@ -39,7 +39,8 @@ def test_consumers_hold_no_kv_projection_and_gradients_flow_to_producers():
     model.model.layers[consumer.index].register_forward_hook(lambda mod, inp, out: outputs.setdefault("c", out))
     ids = torch.randint(0, variant.config.vocab_size, (2, 20))
     model(input_ids=ids)
-    outputs["c"].pow(2).mean().backward()
+    x, delta = outputs["c"]  # a block returns the residual stream as x + delta
+    (x + delta).pow(2).mean().backward()
     kv_rows = producer.in_proj.weight.grad[q_width : q_width + variant.config.key_width + variant.config.value_width]
     assert kv_rows.abs().sum() > 0
 
@@ -48,14 +49,15 @@ def test_consumer_attends_over_the_producers_keys():
     variant = resolve("table1-10-llama-kv-compression", "tiny")
     model = build_model(variant).eval()
     consumer = next(p for p in layer_plans(variant.config) if p.attention and not p.owns_kv)
-    assert not hasattr(model.model.layers[consumer.index].attn, "k_proj")
+    attn = model.model.layers[consumer.index].attn
+    assert hasattr(attn, "q_proj") and not hasattr(attn, "qkv_proj")  # queries only
     ids = torch.randint(0, variant.config.vocab_size, (1, 16))
     captured = {}
     layer = model.model.layers[consumer.index]
-    layer.register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))
+    layer.register_forward_hook(lambda m, i, o: captured.__setitem__("out", o[0] + o[1]))
     with torch.no_grad():
         model(input_ids=ids)
         before = captured["out"].clone()
-        model.model.layers[consumer.kv_source].attn.v_proj.weight.mul_(3.0)
+        model.model.layers[consumer.kv_source].attn.qkv_proj.weight[-variant.config.value_width :].mul_(3.0)  # V rows
         model(input_ids=ids)
     assert not torch.allclose(before, captured["out"])

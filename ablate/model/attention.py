@@ -10,7 +10,7 @@ from ablate.config import AblateConfig, LayerPlan
 from ablate.kernels import attention
 from ablate.model.context import ForwardContext
 from ablate.model.decode import decode_attention
-from ablate.model.layers import apply_rope
+from ablate.model.layers import apply_rope, apply_rope_qk
 
 
 def attend(q, k, v, plan: LayerPlan, ctx: ForwardContext, num_heads: int, num_kv_heads: int, head_dim: int, v_head_dim: int):
@@ -18,9 +18,9 @@ def attend(q, k, v, plan: LayerPlan, ctx: ForwardContext, num_heads: int, num_kv
     None when the layer reuses the K/V of ``plan.kv_source``. Returns (b, l, heads*v_head_dim)."""
     b, l, _ = q.shape
     cos, sin = ctx.rope
-    q = apply_rope(q.view(b, l, num_heads, head_dim).transpose(1, 2), cos, sin)
+    q = q.view(b, l, num_heads, head_dim).transpose(1, 2)
     if plan.owns_kv:
-        k = apply_rope(k.view(b, l, num_kv_heads, head_dim).transpose(1, 2), cos, sin)
+        q, k = apply_rope_qk(q, k.view(b, l, num_kv_heads, head_dim).transpose(1, 2), cos, sin)
         v = v.view(b, l, num_kv_heads, v_head_dim).transpose(1, 2)
         if ctx.cache is not None:
             k, v, k_pos, k_valid = ctx.cache.update_kv(plan.index, k, v, ctx.positions, ctx.token_valid)
@@ -28,6 +28,7 @@ def attend(q, k, v, plan: LayerPlan, ctx: ForwardContext, num_heads: int, num_kv
             k_pos, k_valid = ctx.positions, ctx.token_valid
         ctx.shared_kv[plan.index] = (k, v, k_pos, k_valid)
     else:
+        q = apply_rope(q, cos, sin)
         k, v, k_pos, k_valid = ctx.shared_kv[plan.kv_source]
     spec = ctx.mask(plan.window, k_pos, k_valid)
     # one query per sequence over a cache: a decode step, memory-bound GQA matmuls (ablate.model.decode)
@@ -36,8 +37,9 @@ def attend(q, k, v, plan: LayerPlan, ctx: ForwardContext, num_heads: int, num_kv
 
 
 class SelfAttention(nn.Module):
-    """Llama-style attention with its own projections. A layer that reuses an earlier layer's K/V
-    has no k/v projections at all."""
+    """Llama-style attention with its own projections: query, key and value as one matmul
+    (``qkv_proj``; ``ablate.model.hf_import`` packs Llama's three). A layer that reuses an earlier
+    layer's K/V projects queries only (``q_proj``)."""
 
     def __init__(self, config: AblateConfig, plan: LayerPlan):
         super().__init__()
@@ -45,14 +47,17 @@ class SelfAttention(nn.Module):
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim, self.v_head_dim = config.resolved_head_dim, config.resolved_v_head_dim
         bias = config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, config.query_width, bias=bias)
         if plan.owns_kv:
-            self.k_proj = nn.Linear(config.hidden_size, config.key_width, bias=bias)
-            self.v_proj = nn.Linear(config.hidden_size, config.value_width, bias=bias)
+            self.split = [config.query_width, config.key_width, config.value_width]
+            self.qkv_proj = nn.Linear(config.hidden_size, sum(self.split), bias=bias)
+        else:
+            self.q_proj = nn.Linear(config.hidden_size, config.query_width, bias=bias)
         self.o_proj = nn.Linear(config.attention_width, config.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        k = self.k_proj(x) if self.plan.owns_kv else None
-        v = self.v_proj(x) if self.plan.owns_kv else None
-        out = attend(self.q_proj(x), k, v, self.plan, ctx, self.num_heads, self.num_kv_heads, self.head_dim, self.v_head_dim)
+        if self.plan.owns_kv:
+            q, k, v = torch.split(self.qkv_proj(x), self.split, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), None, None
+        out = attend(q, k, v, self.plan, ctx, self.num_heads, self.num_kv_heads, self.head_dim, self.v_head_dim)
         return self.o_proj(out)

@@ -1,5 +1,9 @@
 """Blocks: how mixers and FFNs stack into one layer. All are pre-norm residual.
 
+A block takes and returns the residual stream as a pair (x, delta), the stream being x + delta: the
+last sublayer's output is added by the next norm, which does the add and the norm in one kernel on
+the decode fast path (``RMSNorm.after_add``). delta is None before the first layer.
+
 - ``AttentionBlock`` (Llama): attention, then SwiGLU FFN.
 - ``SSMBlock`` (Mamba / Mamba2): SSM mixer, optionally followed by an FFN.
 - ``SequentialBlock`` (Samba): Mamba, FFN, attention, FFN, one after the other.
@@ -20,14 +24,18 @@ from ablate.model.layers import RMSNorm, SwiGLU
 from ablate.model.ssm import SSM_MIXERS, MambaHeads
 
 
+Stream = tuple[torch.Tensor, torch.Tensor | None]
+
+
 class FFNSublayer(nn.Module):
     def __init__(self, config: AblateConfig):
         super().__init__()
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn = SwiGLU(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.ffn(self.norm(x))
+    def forward(self, x: torch.Tensor, delta: torch.Tensor | None) -> Stream:
+        x, h = self.norm.after_add(x, delta)
+        return x, self.ffn(h)
 
 
 class AttentionBlock(nn.Module):
@@ -37,9 +45,9 @@ class AttentionBlock(nn.Module):
         self.attn = SelfAttention(config, plan)
         self.ffn = FFNSublayer(config)
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), ctx)
-        return self.ffn(x)
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, delta: torch.Tensor | None = None) -> Stream:
+        x, h = self.attn_norm.after_add(x, delta)
+        return self.ffn(x, self.attn(h, ctx))
 
 
 class SSMBlock(nn.Module):
@@ -49,9 +57,10 @@ class SSMBlock(nn.Module):
         self.ssm = SSM_MIXERS[config.ssm_type](config, plan.index)
         self.ffn = FFNSublayer(config) if config.ffn else None
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = x + self.ssm(self.ssm_norm(x), ctx)
-        return self.ffn(x) if self.ffn is not None else x
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, delta: torch.Tensor | None = None) -> Stream:
+        x, h = self.ssm_norm.after_add(x, delta)
+        s = self.ssm(h, ctx)
+        return self.ffn(x, s) if self.ffn is not None else (x, s)
 
 
 class SequentialBlock(nn.Module):
@@ -66,9 +75,11 @@ class SequentialBlock(nn.Module):
         self.attn = SelfAttention(config, plan)
         self.ffn2 = FFNSublayer(config)
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = self.ffn1(x + self.ssm(self.ssm_norm(x), ctx))
-        return self.ffn2(x + self.attn(self.attn_norm(x), ctx))
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, delta: torch.Tensor | None = None) -> Stream:
+        x, h = self.ssm_norm.after_add(x, delta)
+        x, f = self.ffn1(x, self.ssm(h, ctx))
+        x, h = self.attn_norm.after_add(x, f)
+        return self.ffn2(x, self.attn(h, ctx))
 
 
 class HybridHeadBlock(nn.Module):
@@ -100,8 +111,9 @@ class HybridHeadBlock(nn.Module):
         self.out_proj = nn.Linear(fused, config.hidden_size, bias=bias)
         self.ffn = FFNSublayer(config)
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        q, k, v, xs, z = torch.split(self.in_proj(self.mixer_norm(x)), self.split, dim=-1)
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, delta: torch.Tensor | None = None) -> Stream:
+        x, h = self.mixer_norm.after_add(x, delta)
+        q, k, v, xs, z = torch.split(self.in_proj(h), self.split, dim=-1)
         if not self.plan.owns_kv:
             k = v = None
         a = attend(q, k, v, self.plan, ctx, self.num_heads, self.num_kv_heads, self.head_dim, self.v_head_dim)
@@ -111,8 +123,7 @@ class HybridHeadBlock(nn.Module):
             fused = torch.cat([a, s], dim=-1)
         else:
             fused = ((self.attn_proj(a) if self.attn_proj is not None else a) + s) / 2
-        x = x + self.out_proj(fused)
-        return self.ffn(x)
+        return self.ffn(x, self.out_proj(fused))
 
 
 BLOCKS = {

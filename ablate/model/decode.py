@@ -4,9 +4,9 @@ Each is the single-step case of a reference op in ``ablate.kernels`` (attention_
 causal_conv1d_ref, selective_scan_ref, ssd_scan_sequential_ref) written for decode: states are
 updated in place (so a CUDA graph can replay the step over fixed buffers), no Python depends on
 tensor values, and the work is a few memory-bound passes. tests/test_cache.py holds each against its
-reference. Decode attention and the SSM state updates are ops with a fused Triton fast path
-(``ablate.kernels.triton.decode_attention``, ``ablate.model.decode_triton``), chosen like every
-kernel op (``ABLATE_<OP>_BACKEND``, else auto).
+reference. Decode attention, the conv step and the SSM state updates are ops with a fused Triton
+fast path (``ablate.kernels.triton.decode_attention``, ``ablate.model.decode_triton``), chosen like
+every kernel op (``ABLATE_<OP>_BACKEND``, else auto).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _additive_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @fusable
-def conv_step(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = "silu") -> torch.Tensor:
+def conv_step_ref(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = "silu") -> torch.Tensor:
     """One step of the causal depthwise conv. x: (b, c) the new input; state: (b, c, k-1) the previous
     k-1 inputs, rolled in place to end with x. Returns (b, c)."""
     window = torch.cat([state.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # (b, c, k)
@@ -107,13 +107,20 @@ def ssd_state_update_ref(
     B: torch.Tensor,
     C: torch.Tensor,
     D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
 ) -> torch.Tensor:
     """One step of Mamba2's SSD recurrence. state: (b, h, p, n), updated in place (math in fp32);
-    x: (b, h, p); dt: (b, h) (bias added, softplus applied); A: (h,); B, C: (b, g, n); D: (h,).
-    Returns y (b, h, p) in x's dtype."""
+    x: (b, h, p); dt: (b, h), to which ``dt_bias`` (h,) is added and softplus applied if asked (as
+    Mamba2 does; folded into the step so they cost no kernel of their own); A: (h,); B, C: (b, g, n);
+    D: (h,). Returns y (b, h, p) in x's dtype."""
     dtype = x.dtype
     heads = x.shape[1]
     x32, dt = x.float(), dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
     B = B.float().repeat_interleave(heads // B.shape[1], dim=1)  # (b, h, n)
     C = C.float().repeat_interleave(heads // C.shape[1], dim=1)
     decay = torch.exp(dt * A.float())[:, :, None, None]
@@ -129,6 +136,12 @@ def _decode_attention_triton(q, k, v, spec: MaskSpec, scale=None):
     from ablate.kernels.triton.decode_attention import decode_attention_triton
 
     return decode_attention_triton(q, k, v, spec.dense(), _scale(q, scale))
+
+
+def _conv_step_triton(*args):
+    from ablate.model.decode_triton import conv_step_triton
+
+    return conv_step_triton(*args)
 
 
 def _selective_triton(*args):
@@ -149,6 +162,8 @@ _DECODE_ATTENTION = op("decode_attention", decode_attention_ref)
 # and, for one query head per KV head, dispatches to cuDNN (~95%) or to its memory-efficient kernel
 # (~47%: Table 1's Llama step took 38.9 instead of 20.7 ms) by conditions outside our control
 _DECODE_ATTENTION.register("triton", _decode_attention_triton, lambda q, k, v, *rest: can_run(q, k, v))
+_CONV_STEP = op("conv_step", conv_step_ref)
+_CONV_STEP.register("triton", _conv_step_triton, lambda x, state, *rest: can_run(x, state))
 _SELECTIVE_STEP = op("selective_state_update", selective_state_update_ref)
 _SELECTIVE_STEP.register("triton", _selective_triton, lambda state, u, *rest: can_run(state, u))
 _SSD_STEP = op("ssd_state_update", ssd_state_update_ref)
@@ -164,13 +179,19 @@ def decode_attention(q, k, v, spec: MaskSpec, scale: float | None = None, backen
     return _DECODE_ATTENTION.choose(backend, *args)(*args)
 
 
+def conv_step(x, state, weight, bias=None, activation="silu", backend=None):
+    """One step of the causal depthwise conv, state rolled in place; see ``conv_step_ref``."""
+    args = (x, state, weight, bias, activation)
+    return _CONV_STEP.choose(backend, *args)(*args)
+
+
 def selective_state_update(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, backend=None):
     """One Mamba step, state updated in place; see ``selective_state_update_ref``."""
     args = (state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return _SELECTIVE_STEP.choose(backend, *args)(*args)
 
 
-def ssd_state_update(state, x, dt, A, B, C, D=None, backend=None):
+def ssd_state_update(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, backend=None):
     """One Mamba2 step, state updated in place; see ``ssd_state_update_ref``."""
-    args = (state, x, dt, A, B, C, D)
+    args = (state, x, dt, A, B, C, D, dt_bias, dt_softplus)
     return _SSD_STEP.choose(backend, *args)(*args)

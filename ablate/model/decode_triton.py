@@ -3,8 +3,9 @@
 The PyTorch step functions in ``ablate.model.decode`` are the reference (and the CPU path); in eager
 PyTorch each elementwise op is its own pass over the (b, heads, head_dim, d_state) state, about ten
 passes per step, which dominates a Mamba2 decode step at large batch. These fuse a step into one
-kernel (and stay capturable in a CUDA graph). Same contracts as the references; tests hold them
-equal under Triton's CPU interpreter.
+kernel (and stay capturable in a CUDA graph). The conv step is one kernel too: compiled from PyTorch
+it took three (the window, the output, the in-place roll of the state). Same contracts as the
+references; tests hold them equal under Triton's CPU interpreter.
 """
 
 from __future__ import annotations
@@ -22,8 +23,41 @@ def _softplus(x):
 
 
 @triton.jit
+def _conv_step_kernel(
+    x_ptr, state_ptr, w_ptr, bias_ptr, y_ptr,
+    channels,
+    x_b, x_c,
+    s_b, s_c, s_k,
+    w_c, w_k,
+    y_b, y_c,
+    TAPS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # the state holds the previous TAPS - 1 inputs per channel (oldest first); BLOCK_K >= TAPS - 1
+    b = tl.program_id(0)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_k = tl.arange(0, BLOCK_K)
+    mc = offs_c < channels
+    held = mc[:, None] & (offs_k < TAPS - 1)[None, :]
+    s_ptrs = state_ptr + b * s_b + offs_c[:, None] * s_c + offs_k[None, :] * s_k
+    s = tl.load(s_ptrs, mask=held, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + offs_c[:, None] * w_c + offs_k[None, :] * w_k, mask=held, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + b * x_b + offs_c * x_c, mask=mc, other=0.0)
+    w_new = tl.load(w_ptr + offs_c * w_c + (TAPS - 1) * w_k, mask=mc, other=0.0).to(tl.float32)
+    y = tl.sum(s * w, axis=1) + x.to(tl.float32) * w_new
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_c, mask=mc, other=0.0).to(tl.float32)
+    if SILU:
+        y = y * tl.sigmoid(y)
+    # roll: slot j takes slot j + 1, the last slot the new input (loads above precede these stores)
+    later = tl.load(s_ptrs + s_k, mask=mc[:, None] & (offs_k < TAPS - 2)[None, :], other=0.0)
+    rolled = tl.where((offs_k == TAPS - 2)[None, :], x[:, None].to(later.dtype), later)
+    tl.store(s_ptrs, rolled.to(state_ptr.dtype.element_ty), mask=held)
+    tl.store(y_ptr + b * y_b + offs_c * y_c, y.to(y_ptr.dtype.element_ty), mask=mc)
+
+
+@triton.jit
 def _ssd_update_kernel(
-    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr,
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, y_ptr,
     heads, P, N, heads_per_group,
     s_b, s_h, s_p, s_n,
     x_b, x_h, x_p,
@@ -31,7 +65,7 @@ def _ssd_update_kernel(
     B_b, B_g, B_n,
     C_b, C_g, C_n,
     y_b, y_h, y_p,
-    HAS_D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b, h = pid // heads, pid % heads
@@ -44,6 +78,10 @@ def _ssd_update_kernel(
     s = tl.load(s_ptrs, mask=m2, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + b * x_b + h * x_h + offs_p * x_p, mask=mp, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + b * dt_b + h * dt_h).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += tl.load(dt_bias_ptr + h).to(tl.float32)
+    if SOFTPLUS:
+        dt = _softplus(dt)
     a = tl.load(A_ptr + h).to(tl.float32)
     bv = tl.load(B_ptr + b * B_b + g * B_g + offs_n * B_n, mask=mn, other=0.0).to(tl.float32)
     cv = tl.load(C_ptr + b * C_b + g * C_g + offs_n * C_n, mask=mn, other=0.0).to(tl.float32)
@@ -97,7 +135,28 @@ def _selective_update_kernel(
     tl.store(y_ptr + b * y_b + offs_d * y_d, y.to(y_ptr.dtype.element_ty), mask=md)
 
 
-def ssd_state_update_triton(state, x, dt, A, B, C, D=None):
+def conv_step_triton(x, state, weight, bias=None, activation="silu"):
+    """Same contract as ``ablate.model.decode.conv_step``."""
+    import torch
+
+    if activation not in ("silu", None):
+        raise ValueError(f"unsupported conv activation {activation!r}")
+    b, channels = x.shape
+    taps = weight.shape[-1]
+    y = torch.empty_like(x)
+    block_c = min(triton.next_power_of_2(channels), 256)
+    grid = (b, triton.cdiv(channels, block_c))
+    _conv_step_kernel[grid](
+        x, state, weight, bias if bias is not None else weight, y,
+        channels,
+        *x.stride(), *state.stride(), *weight.stride(), *y.stride(),
+        TAPS=taps, BLOCK_K=triton.next_power_of_2(max(taps - 1, 1)), HAS_BIAS=bias is not None, SILU=activation == "silu",
+        BLOCK_C=block_c,
+    )
+    return y
+
+
+def ssd_state_update_triton(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False):
     """Same contract as ``ablate.model.decode.ssd_state_update``."""
     import torch
 
@@ -110,10 +169,11 @@ def ssd_state_update_triton(state, x, dt, A, B, C, D=None):
     block_p, warps = env_ints("ABLATE_SSD_UPDATE_CONFIG") or (max(1, min(triton.next_power_of_2(p), 4096 // block_n)), 4)
     grid = (b * heads, triton.cdiv(p, block_p))
     _ssd_update_kernel[grid](
-        state, x, dt, A, B, C, D if D is not None else A, y,
+        state, x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A, y,
         heads, p, n, heads // groups,
         *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
-        HAS_D=D is not None, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps,
+        HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, BLOCK_P=block_p, BLOCK_N=block_n,
+        num_warps=warps,
     )
     return y
 

@@ -81,6 +81,22 @@ _RENAMES = {
 }
 
 
+# our projections that are several of theirs side by side: (pattern naming a part, packed name, parts in order)
+_PACKED = [
+    (re.compile(r"\.attn\.(q|k|v)_proj\."), ".attn.qkv_proj.", ["q", "k", "v"]),
+    (re.compile(r"\.ffn\.ffn\.(gate|up)_proj\."), ".ffn.ffn.gate_up_proj.", ["gate", "up"]),
+]
+
+
+def _packed(name: str) -> tuple[str, int, int] | None:
+    """(our packed parameter, this part's place in it, parts in all) for a part of a packed one."""
+    for pattern, packed, parts in _PACKED:
+        found = pattern.search(name)
+        if found:
+            return pattern.sub(packed, name), parts.index(found.group(1)), len(parts)
+    return None
+
+
 def _rename(model_type: str, name: str) -> str:
     """Our parameter name for a `transformers` one."""
     for pattern, replacement in _RENAMES[model_type]:
@@ -105,14 +121,25 @@ def from_transformers(hf_model, **overrides):
     fields.update(overrides)
     model = AblateForCausalLM(AblateConfig(**fields)).to(hf_model.dtype)
     ours = model.state_dict()
-    loaded = set()
+    values, pieces = {}, {}
     for name, tensor in hf_model.state_dict().items():
         if "rotary_emb" in name:
             continue
         target = _rename(c.model_type, name)
-        if target not in ours:
-            raise KeyError(f"no parameter {target!r} for {name!r}")
         value = tensor.squeeze(1) if name.endswith("conv1d.weight") else tensor  # (c, 1, k) -> (c, k)
+        packed = _packed(target)
+        if packed is None:
+            values[target] = value
+        else:
+            pieces.setdefault(packed[0], [None] * packed[2])[packed[1]] = value
+    for target, parts in pieces.items():
+        if any(p is None for p in parts):
+            raise KeyError(f"{target!r}: the {c.model_type} model lacks some of its parts")
+        values[target] = torch.cat(parts)
+    loaded = set()
+    for target, value in values.items():
+        if target not in ours:
+            raise KeyError(f"no parameter {target!r} in our model for the {c.model_type} weights")
         with torch.no_grad():
             ours[target].copy_(value)
         loaded.add(target)

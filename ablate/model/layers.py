@@ -18,7 +18,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @fusable
-def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + delta, rms_norm(x + delta)): a residual add and the next sublayer's norm, one kernel when
+    fused (the sum is rounded to x's dtype first, as the unfused add would)."""
+    x = x + delta
+    return x, rms_norm.reference(x, weight, eps)
+
+
+@fusable
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of the packed projection (gate, up)."""
+    gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
 
 
@@ -31,18 +41,25 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps)
 
+    def after_add(self, x: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + delta, norm(x + delta)), x itself when there is no delta: the residual stream and
+        the normalized input of the sublayer that reads it."""
+        if delta is None:
+            return x, self(x)
+        return add_rms_norm(x, delta, self.weight, self.eps)
+
 
 class SwiGLU(nn.Module):
-    """The Llama FFN: down(silu(gate(x)) * up(x))."""
+    """The Llama FFN: down(silu(gate(x)) * up(x)), gate and up as one projection (one matmul;
+    ``ablate.model.hf_import`` packs Llama's two)."""
 
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(silu_mul(self.gate_up_proj(x)))
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -59,3 +76,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
+
+
+@fusable
+def apply_rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE on queries and keys: one kernel when fused."""
+    return apply_rope.reference(q, cos, sin), apply_rope.reference(k, cos, sin)

@@ -115,15 +115,15 @@ class AblateModel(AblatePreTrainedModel):
             cache=cache,
             seq_idx=seq_idx,
         )
-        h = inputs_embeds
+        h, delta = inputs_embeds, None  # the residual stream is h + delta (ablate.model.blocks)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
-                h = self._gradient_checkpointing_func(layer.__call__, h, ctx)
+                h, delta = self._gradient_checkpointing_func(layer.__call__, h, ctx, delta)
             else:
-                h = layer(h, ctx)
+                h, delta = layer(h, ctx, delta)
         if cache is not None:
             cache.advance(inputs_embeds.shape[1], token_valid)
-        h = self.norm(h[:, prefix:])
+        _, h = self.norm.after_add(h[:, prefix:], None if delta is None else delta[:, prefix:])
         return BaseModelOutputWithPast(last_hidden_state=h, past_key_values=cache)
 
 

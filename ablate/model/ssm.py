@@ -200,8 +200,7 @@ class Mamba2Mixer(nn.Module):
             xbc = xbc.transpose(1, 2)
         xbc = _mask_padding(xbc, ctx)
         x, B, C = torch.split(xbc, [self.inner, self.groups * self.state_size, self.groups * self.state_size], dim=-1)
-        dt = softplus_dt(dt, self.dt_bias)
-        if step:
+        if step:  # the step adds dt's bias and takes its softplus itself
             y = ssd_state_update(
                 state[1],
                 x.reshape(b, self.num_heads, self.head_dim),
@@ -210,8 +209,11 @@ class Mamba2Mixer(nn.Module):
                 B.reshape(b, self.groups, self.state_size),
                 C.reshape(b, self.groups, self.state_size),
                 self.D,
+                self.dt_bias,
+                True,
             )
             return self.out_proj(self.norm(y.reshape(b, 1, self.inner), z))
+        dt = softplus_dt(dt, self.dt_bias)
         y, ssm_state = ssd_scan(
             x.reshape(b, l, self.num_heads, self.head_dim),
             dt,
