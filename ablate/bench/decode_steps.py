@@ -7,7 +7,8 @@ update (``ssd_state_update``) or Mamba's (``selective_state_update``), Triton vs
 bf16 state as the benchmark's cache holds it. Median ms (CUDA events after warm-up, L2 flushed,
 ``ablate.bench.kernels.time_ms``); GB/s counts the state read and written once plus the step's inputs
 and output, % of the 3.0 TB/s the H100 measured. Launch configurations come from the environment
-(``ABLATE_SSD_UPDATE_CONFIG="BLOCK_P,warps"``), so a shell loop sweeps them.
+(``ABLATE_SSD_UPDATE_CONFIG="BLOCK_P,warps"``, ``ABLATE_CONV_STEP_CONFIG="BLOCK_C,warps"`` for the conv
+step, timed after the state updates), so a shell loop sweeps them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,20 @@ def ssm_shapes() -> dict[tuple, list[str]]:
     return shapes
 
 
+def conv_shapes() -> dict[tuple[int, int], list[str]]:
+    """(conv channels, taps) -> the variants whose SSM layers have such a conv."""
+    from ablate.bench.paper_suite import suite_entries
+    from ablate.registry import resolve
+
+    shapes: dict[tuple[int, int], list[str]] = {}
+    for name in suite_entries(anchors=False):
+        c = resolve(name, "paper").config
+        if c.has_ssm:
+            channels = c.ssm_inner_size + (2 * c.ssm_n_groups * c.ssm_state_size if c.ssm_type == "mamba2" else 0)
+            shapes.setdefault((channels, c.ssm_conv_kernel), []).append(name)
+    return shapes
+
+
 def step_inputs(shape: tuple, batch: int, device):
     from ablate.model.decode import selective_state_update, ssd_state_update
 
@@ -61,6 +76,8 @@ def main(batch: int = typer.Option(128, "--batch", help="sequences per decode st
     """Time the fused SSM state updates at every SSM shape of the paper-scale variants."""
     if not torch.cuda.is_available():
         raise typer.BadParameter("needs a CUDA device (CPU parity: tests/test_cache.py)")
+    from ablate.model.decode import conv_step
+
     config = os.environ.get("ABLATE_SSD_UPDATE_CONFIG", "default")
     print(f"batch {batch}, ABLATE_SSD_UPDATE_CONFIG={config}")
     print("| op | heads x head dim x state (groups) | reference ms | Triton ms | Triton % of 3 TB/s | variants |")
@@ -70,6 +87,17 @@ def main(batch: int = typer.Option(128, "--batch", help="sequences per decode st
         ms = {impl: time_ms(lambda: fn(*args, backend=impl)) for impl in ("reference", "triton")}
         kind, h, p, n, g = shape
         print(f"| {kind} | {h} x {p} x {n} ({g}) | {ms['reference']:.3f} | {ms['triton']:.3f} | "
+              f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {', '.join(variants)} |")
+    print(f"\nconv step, ABLATE_CONV_STEP_CONFIG={os.environ.get('ABLATE_CONV_STEP_CONFIG', 'default')}")
+    print("| channels x taps | reference ms | Triton ms | Triton % of 3 TB/s | variants |")
+    print("|---|---|---|---|---|")
+    for (channels, taps), variants in conv_shapes().items():
+        bf = dict(device="cuda", dtype=torch.bfloat16)
+        state, x = torch.randn(batch, channels, taps - 1, **bf), torch.randn(batch, channels, **bf)
+        args = (x, state, torch.randn(channels, taps, **bf), torch.randn(channels, **bf))
+        io = (2 * state.numel() + 2 * x.numel() + channels * (taps + 1)) * 2
+        ms = {impl: time_ms(lambda: conv_step(*args, backend=impl)) for impl in ("reference", "triton")}
+        print(f"| {channels} x {taps} | {ms['reference']:.3f} | {ms['triton']:.3f} | "
               f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {', '.join(variants)} |")
 
 

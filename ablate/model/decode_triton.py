@@ -144,14 +144,15 @@ def conv_step_triton(x, state, weight, bias=None, activation="silu"):
     b, channels = x.shape
     taps = weight.shape[-1]
     y = torch.empty_like(x)
-    block_c = min(triton.next_power_of_2(channels), 256)
+    # (BLOCK_C, num_warps); ABLATE_CONV_STEP_CONFIG overrides (ablate.bench.decode_steps sweeps it)
+    block_c, warps = env_ints("ABLATE_CONV_STEP_CONFIG") or (min(triton.next_power_of_2(channels), 256), 4)
     grid = (b, triton.cdiv(channels, block_c))
     _conv_step_kernel[grid](
         x, state, weight, bias if bias is not None else weight, y,
         channels,
         *x.stride(), *state.stride(), *weight.stride(), *y.stride(),
         TAPS=taps, BLOCK_K=triton.next_power_of_2(max(taps - 1, 1)), HAS_BIAS=bias is not None, SILU=activation == "silu",
-        BLOCK_C=block_c,
+        BLOCK_C=block_c, num_warps=warps,
     )
     return y
 
