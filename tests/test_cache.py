@@ -234,8 +234,9 @@ def test_ssm_state_can_be_kept_wider_than_the_cache_dtype():
 TRITON_CHECK = r"""
 import torch
 import torch.nn.functional as F
-from ablate.model.decode import conv_step_ref, selective_state_update_ref, ssd_state_update_ref
-from ablate.model.decode_triton import conv_step_triton, selective_state_update_triton, ssd_state_update_triton
+from ablate.model.decode import conv_step_ref, segment_rms_norm_ref, selective_state_update_ref, ssd_state_update_ref
+from ablate.model.decode_triton import conv_step_triton, segment_rms_norm_triton, selective_state_update_triton, ssd_state_update_triton
+from ablate.model.layers import rms_norm
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 torch.manual_seed(0)
@@ -279,6 +280,13 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
         ref = conv_step_ref(x, ref_state, w, bias_arg, activation)
         torch.testing.assert_close(conv_step_triton(x, state, w, bias_arg, activation), ref, atol=tol, rtol=tol)
         torch.testing.assert_close(state, ref_state, atol=0, rtol=0)  # the roll moves values, no arithmetic
+
+    # dt, B, C norms of Hymba's SSM heads: three segments of one row, widths not powers of two
+    x = torch.randn(b, 1, 5 + 3 + 3, device=device, dtype=dtype) * 3
+    weights = tuple(torch.randn(w, device=device, dtype=dtype) for w in (5, 3, 3))
+    ref = segment_rms_norm_ref(x, weights, 1e-5)
+    torch.testing.assert_close(ref[..., 5:8], rms_norm(x[..., 5:8], weights[1], 1e-5))
+    torch.testing.assert_close(segment_rms_norm_triton(x, weights, 1e-5), ref, atol=tol, rtol=tol)
 print("ok")
 """
 

@@ -20,6 +20,7 @@ from ablate.kernels import MaskSpec
 from ablate.kernels.backend import op
 from ablate.kernels.triton.support import can_run
 from ablate.model.elementwise import fusable
+from ablate.model.layers import rms_norm
 
 
 def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, scale: float | None = None) -> torch.Tensor:
@@ -138,6 +139,19 @@ def _decode_attention_triton(q, k, v, spec: MaskSpec, scale=None):
     return decode_attention_triton(q, k, v, spec.dense(), _scale(q, scale))
 
 
+def segment_rms_norm_ref(x: torch.Tensor, weights: tuple[torch.Tensor, ...], eps: float) -> torch.Tensor:
+    """RMSNorm over consecutive segments of the last dim, one weight per segment (its width): Hymba's
+    dt, B and C, which the x projection gives side by side. Returns x's shape."""
+    parts = torch.split(x, [w.numel() for w in weights], dim=-1)
+    return torch.cat([rms_norm(p, w, eps) for p, w in zip(parts, weights)], dim=-1)
+
+
+def _segment_rms_norm_triton(*args):
+    from ablate.model.decode_triton import segment_rms_norm_triton
+
+    return segment_rms_norm_triton(*args)
+
+
 def _conv_step_triton(*args):
     from ablate.model.decode_triton import conv_step_triton
 
@@ -162,6 +176,10 @@ _DECODE_ATTENTION = op("decode_attention", decode_attention_ref)
 # and, for one query head per KV head, dispatches to cuDNN (~95%) or to its memory-efficient kernel
 # (~47%: Table 1's Llama step took 38.9 instead of 20.7 ms) by conditions outside our control
 _DECODE_ATTENTION.register("triton", _decode_attention_triton, lambda q, k, v, *rest: can_run(q, k, v))
+_SEGMENT_NORM = op("segment_rms_norm", segment_rms_norm_ref)
+_SEGMENT_NORM.register(
+    "triton", _segment_rms_norm_triton, lambda x, weights, eps: len(weights) == 3 and x.shape[-1] <= 4096 and can_run(x, *weights)
+)
 _CONV_STEP = op("conv_step", conv_step_ref)
 _CONV_STEP.register("triton", _conv_step_triton, lambda x, state, *rest: can_run(x, state))
 _SELECTIVE_STEP = op("selective_state_update", selective_state_update_ref)
@@ -177,6 +195,12 @@ def decode_attention(q, k, v, spec: MaskSpec, scale: float | None = None, backen
         raise ValueError(f"decode_attention takes one query per sequence, got {q.shape[2]}")
     args = (q, k, v, spec, scale)
     return _DECODE_ATTENTION.choose(backend, *args)(*args)
+
+
+def segment_rms_norm(x, weights, eps, backend=None):
+    """RMSNorms over consecutive segments of one row, one kernel on GPU; see ``segment_rms_norm_ref``."""
+    args = (x, tuple(weights), eps)
+    return _SEGMENT_NORM.choose(backend, *args)(*args)
 
 
 def conv_step(x, state, weight, bias=None, activation="silu", backend=None):

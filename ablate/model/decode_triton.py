@@ -4,7 +4,8 @@ The PyTorch step functions in ``ablate.model.decode`` are the reference (and the
 PyTorch each elementwise op is its own pass over the (b, heads, head_dim, d_state) state, about ten
 passes per step, which dominates a Mamba2 decode step at large batch. These fuse a step into one
 kernel (and stay capturable in a CUDA graph). The conv step is one kernel too: compiled from PyTorch
-it took three (the window, the output, the in-place roll of the state). Same contracts as the
+it took three (the window, the output, the in-place roll of the state); so are the RMSNorms of
+Hymba's dt, B and C (three kernels compiled, for three short segments of one row). Same contracts as the
 references; tests hold them equal under Triton's CPU interpreter.
 """
 
@@ -53,6 +54,28 @@ def _conv_step_kernel(
     rolled = tl.where((offs_k == TAPS - 2)[None, :], x[:, None].to(later.dtype), later)
     tl.store(s_ptrs, rolled.to(state_ptr.dtype.element_ty), mask=held)
     tl.store(y_ptr + b * y_b + offs_c * y_c, y.to(y_ptr.dtype.element_ty), mask=mc)
+
+
+@triton.jit
+def _segment_rms_norm_kernel(
+    x_ptr, w0_ptr, w1_ptr, w2_ptr, y_ptr, x_row, y_row, eps,
+    S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # one row: three RMSNorms over consecutive segments of widths S0, S1, S2
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    in0, in1, in2 = offs < S0, (offs >= S0) & (offs < S0 + S1), (offs >= S0 + S1) & (offs < S0 + S1 + S2)
+    x = tl.load(x_ptr + row * x_row + offs, mask=in0 | in1 | in2, other=0.0)
+    w = tl.load(w0_ptr + offs, mask=in0, other=0.0)
+    w += tl.load(w1_ptr + offs - S0, mask=in1, other=0.0)
+    w += tl.load(w2_ptr + offs - S0 - S1, mask=in2, other=0.0)
+    sq = x.to(tl.float32) * x.to(tl.float32)
+    r0 = tl.rsqrt(tl.sum(tl.where(in0, sq, 0.0)) / S0 + eps)
+    r1 = tl.rsqrt(tl.sum(tl.where(in1, sq, 0.0)) / S1 + eps)
+    r2 = tl.rsqrt(tl.sum(tl.where(in2, sq, 0.0)) / S2 + eps)
+    normed = (x.to(tl.float32) * tl.where(in0, r0, tl.where(in1, r1, r2))).to(x.dtype)  # as rms_norm rounds
+    y = w.to(tl.float32) * normed.to(tl.float32)
+    tl.store(y_ptr + row * y_row + offs, y.to(y_ptr.dtype.element_ty), mask=in0 | in1 | in2)
 
 
 @triton.jit
@@ -155,6 +178,21 @@ def conv_step_triton(x, state, weight, bias=None, activation="silu"):
         BLOCK_C=block_c, num_warps=warps,
     )
     return y
+
+
+def segment_rms_norm_triton(x, weights, eps):
+    """Same contract as ``ablate.model.decode.segment_rms_norm``."""
+    import torch
+
+    w0, w1, w2 = weights
+    sizes = (w0.numel(), w1.numel(), w2.numel())
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.empty(rows.shape, dtype=torch.result_type(x, w0), device=x.device)
+    _segment_rms_norm_kernel[(rows.shape[0],)](
+        rows, w0, w1, w2, out, rows.stride(0), out.stride(0), eps,
+        S0=sizes[0], S1=sizes[1], S2=sizes[2], BLOCK=triton.next_power_of_2(sum(sizes)),
+    )
+    return out.view(*x.shape[:-1], x.shape[-1])
 
 
 def ssd_state_update_triton(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False):

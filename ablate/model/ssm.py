@@ -16,7 +16,7 @@ from torch import nn
 from ablate.config import AblateConfig
 from ablate.kernels import causal_conv1d, selective_scan, ssd_scan
 from ablate.model.context import ForwardContext
-from ablate.model.decode import conv_step, selective_state_update, ssd_state_update
+from ablate.model.decode import conv_step, segment_rms_norm, selective_state_update, ssd_state_update
 from ablate.model.elementwise import fusable
 from ablate.model.layers import RMSNorm
 
@@ -85,8 +85,11 @@ class MambaHeads(nn.Module):
         else:
             x, conv_state = causal_conv1d(x, self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
         x = _mask_padding(x.transpose(1, 2), ctx)  # (b, l, inner)
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.state_size, self.state_size], dim=-1)
-        if self.dt_bc_norm:
+        dbc = self.x_proj(x)
+        if self.dt_bc_norm and step:  # the three norms in one kernel on GPU
+            dbc = segment_rms_norm(dbc, (self.dt_norm.weight, self.B_norm.weight, self.C_norm.weight), self.dt_norm.eps)
+        dt, B, C = torch.split(dbc, [self.dt_rank, self.state_size, self.state_size], dim=-1)
+        if self.dt_bc_norm and not step:
             dt, B, C = self.dt_norm(dt), self.B_norm(B), self.C_norm(C)
         dt = F.linear(dt, self.dt_proj.weight)  # the bias is added inside the scan, in fp32
         if step:
