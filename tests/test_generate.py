@@ -91,8 +91,8 @@ def test_beam_search_reorders_the_cache(name):
 
 
 def test_vocab_logits_padded_rows_equal_the_lm_head():
-    """The GPU path for a vocabulary that is not a multiple of 8 (rows padded for cuBLAS) gives the
-    LM head's logits, as a view of the right shape."""
+    """The GPU path for a vocabulary that is not a multiple of 8 (the transposed product, aligned
+    for cuBLAS) gives the LM head's logits, as a view of the right shape."""
     from ablate.model.lm import vocab_logits
 
     head = torch.nn.Linear(12, 37, bias=False)
@@ -100,4 +100,4 @@ def test_vocab_logits_padded_rows_equal_the_lm_head():
     with torch.no_grad():
         padded = vocab_logits(h, head, pad=True)
         torch.testing.assert_close(padded, head(h))
-    assert padded.shape == (3, 2, 37) and padded.stride(-2) == 40
+    assert padded.shape == (3, 2, 37) and padded.stride(-1) == 6  # vocab-major: the rows are (W h^T)'s columns

@@ -190,18 +190,16 @@ class AblateForCausalLM(AblatePreTrainedModel, GenerationMixin):
 
 def vocab_logits(h: torch.Tensor, lm_head: nn.Linear, pad: bool | None = None) -> torch.Tensor:
     """lm_head(h). Without gradients on GPU and a vocabulary that is not a multiple of 8 (Hymba's
-    32001), the logits go into rows padded to a multiple of 8 and come back as a view: cuBLAS takes
-    a slow unvectorized kernel for an output whose row stride is not 16-byte aligned (Table 3's
-    Hymba: 126 µs per decode step for the LM head instead of ~35)."""
+    32001), computed as (W h^T)^T and returned as that transposed view: cuBLAS takes a slow
+    unvectorized kernel for an output whose rows are not 16-byte aligned (Table 3's Hymba: 126 µs
+    per decode step for the LM head; writing into padded rows through ``out=`` did not avoid it)."""
     vocab = lm_head.weight.shape[0]
     if pad is None:
         pad = h.is_cuda and not torch.is_grad_enabled() and vocab % 8 != 0 and lm_head.bias is None
     if not pad:
         return lm_head(h)
     rows = h.reshape(-1, h.shape[-1])
-    padded = torch.empty(rows.shape[0], vocab + (-vocab) % 8, dtype=h.dtype, device=h.device)
-    torch.mm(rows, lm_head.weight.t(), out=padded[:, :vocab])
-    return padded[:, :vocab].view(*h.shape[:-1], vocab)
+    return torch.mm(lm_head.weight, rows.t()).t().view(*h.shape[:-1], vocab)
 
 
 AutoConfig.register(AblateConfig.model_type, AblateConfig, exist_ok=True)
