@@ -98,6 +98,6 @@ def test_vocab_logits_padded_rows_equal_the_lm_head():
     head = torch.nn.Linear(12, 37, bias=False)
     h = torch.randn(3, 2, 12)
     with torch.no_grad():
-        padded = vocab_logits(h, head, pad=True)
+        padded = vocab_logits(h, head, aligned=True)
         torch.testing.assert_close(padded, head(h))
     assert padded.shape == (3, 2, 37) and padded.stride(-1) == 6  # vocab-major: the rows are (W h^T)'s columns
