@@ -3,10 +3,10 @@
 The PyTorch step functions in ``ablate.model.decode`` are the reference (and the CPU path); in eager
 PyTorch each elementwise op is its own pass over the (b, heads, head_dim, d_state) state, about ten
 passes per step, which dominates a Mamba2 decode step at large batch. These fuse a step into one
-kernel (and stay capturable in a CUDA graph). The conv step is one kernel too: compiled from PyTorch
-it took three (the window, the output, the in-place roll of the state); so are the RMSNorms of
-Hymba's dt, B and C (three kernels compiled, for three short segments of one row). Same contracts as the
-references; tests hold them equal under Triton's CPU interpreter.
+kernel (and stay capturable in a CUDA graph). The conv step is one kernel too (compiled from
+PyTorch it took three: the window, the output, the in-place roll of the state), and so are the
+RMSNorms of Hymba's dt, B and C (three compiled kernels for three short segments of one row). Same
+contracts as the references; tests hold them equal under Triton's CPU interpreter.
 """
 
 from __future__ import annotations
