@@ -89,15 +89,3 @@ def test_beam_search_reorders_the_cache(name):
         uncached = model.generate(ids, use_cache=False, **kwargs)
     assert torch.equal(cached, uncached)
 
-
-def test_vocab_logits_padded_rows_equal_the_lm_head():
-    """The GPU path for a vocabulary that is not a multiple of 8 (the transposed product, aligned
-    for cuBLAS) gives the LM head's logits, as a view of the right shape."""
-    from ablate.model.lm import vocab_logits
-
-    head = torch.nn.Linear(12, 37, bias=False)
-    h = torch.randn(3, 2, 12)
-    with torch.no_grad():
-        padded = vocab_logits(h, head, aligned=True)
-        torch.testing.assert_close(padded, head(h))
-    assert padded.shape == (3, 2, 37) and padded.stride(-1) == 6  # vocab-major: the rows are (W h^T)'s columns

@@ -181,26 +181,11 @@ class AblateForCausalLM(AblatePreTrainedModel, GenerationMixin):
         h = out.last_hidden_state
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
-        logits = vocab_logits(h, self.lm_head, None if labels is None else False)
+        logits = self.lm_head(h)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
-
-
-def vocab_logits(h: torch.Tensor, lm_head: nn.Linear, aligned: bool | None = None) -> torch.Tensor:
-    """lm_head(h). Without gradients on GPU and a vocabulary that is not a multiple of 8 (Hymba's
-    32001), computed as (W h^T)^T and returned as that transposed view: cuBLAS takes a slow
-    unvectorized kernel for an output whose rows are not 16-byte aligned (Table 3's Hymba: 126 µs
-    per decode step for the LM head; writing into padded rows through ``out=`` did not avoid it)."""
-    vocab = lm_head.weight.shape[0]
-    if aligned is None:  # decode-sized inputs only: longer ones would hand strided logits to softmax and losses
-        rows = h.numel() // h.shape[-1]
-        aligned = h.is_cuda and not torch.is_grad_enabled() and vocab % 8 != 0 and lm_head.bias is None and rows <= 1024
-    if not aligned:
-        return lm_head(h)
-    rows = h.reshape(-1, h.shape[-1])
-    return torch.mm(lm_head.weight, rows.t()).t().view(*h.shape[:-1], vocab)
 
 
 AutoConfig.register(AblateConfig.model_type, AblateConfig, exist_ok=True)
