@@ -238,8 +238,8 @@ import torch.nn.functional as F
 from ablate.model.decode import conv_step_ref, segment_rms_norm_ref, selective_state_update_ref, ssd_state_update_ref
 from ablate.model.decode_triton import conv_step_triton, segment_rms_norm_triton, selective_state_update_triton, ssd_state_update_triton
 from ablate.model.layers import rms_norm
-from ablate.model.ssm import mamba2_step_ref, mamba_step_ref
-from ablate.model.decode_triton import mamba2_step_triton, mamba_step_triton
+from ablate.model.ssm import mamba_step_ref
+from ablate.model.decode_triton import mamba_step_triton
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 torch.manual_seed(0)
@@ -291,45 +291,32 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
     torch.testing.assert_close(ref[..., 5:8], rms_norm(x[..., 5:8], weights[1], 1e-5))
     torch.testing.assert_close(segment_rms_norm_triton(x, weights, 1e-5), ref, atol=tol, rtol=tol)
 
-    # a whole Mamba2 mixer step (conv, state update, gated group norm) in one kernel: two groups, two
-    # programs per head and norm passes of 8 channels (ABLATE_MAMBA2_STEP_CONFIG), so the row's last
-    # program finishes work the others left; run twice, as the row counters must reset themselves
-    b, h, p, g, n, taps = 3, 4, 6, 2, 5, 4
-    inner, conv_dim = h * p, h * p + 2 * g * n
-    proj = torch.randn(b, 1, inner + conv_dim + h + 3, device=device, dtype=dtype)[:, 0, : inner + conv_dim + h] * 2
-    conv_state = torch.randn(b, conv_dim, taps - 1, device=device, dtype=dtype)
-    ssm_state = torch.randn(b, h, p, n, device=device, dtype=dtype)
-    cw, cb, nw = (torch.randn(*shape, device=device, dtype=dtype) for shape in ((conv_dim, taps), (conv_dim,), (inner,)))
-    dt_bias, A_log, Dh = torch.randn(h, device=device), torch.randn(h, device=device) * 0.5, torch.randn(h, device=device)
-    ref_conv, ref_ssm = conv_state.clone(), ssm_state.clone()
-    ref = mamba2_step_ref(proj, ref_conv, ref_ssm, cw, cb, dt_bias, A_log, Dh, nw, g, 1e-5)
-    os.environ["ABLATE_MAMBA2_STEP_CONFIG"] = "4,4,8"
-    for _ in range(2):
-        conv, ssm = conv_state.clone(), ssm_state.clone()
-        torch.testing.assert_close(mamba2_step_triton(proj, conv, ssm, cw, cb, dt_bias, A_log, Dh, nw, g, 1e-5), ref, atol=tol, rtol=tol)
-        torch.testing.assert_close(conv, ref_conv, atol=0, rtol=0)
-        torch.testing.assert_close(ssm, ref_ssm, atol=tol, rtol=tol)
-    del os.environ["ABLATE_MAMBA2_STEP_CONFIG"]
-
     # a Mamba step after x_proj (dt/B/C norms, dt's projection, the update) in one kernel: 17 rows
     # and 40 channels over blocks of 16, with and without the norms. dt is a product rounded to the
-    # dtype, so in bf16 either side may round a dt to the neighbouring value: the error is held
-    # against the largest magnitude, not elementwise
+    # dtype, so in bf16 either side may round a dt to its neighbour, which the state and y amplify:
+    # there the kernel's error against the step in fp32 must stay within twice the reference's own
     b, d, n, r = 17, 40, 6, 5
     u, z = (torch.randn(b, d, device=device, dtype=dtype) for _ in range(2))
     dbc = torch.randn(b, 1, r + 2 * n + 3, device=device, dtype=dtype)[:, 0, : r + 2 * n] * 2
     w_dt, dt_bias = torch.randn(d, r, device=device, dtype=dtype) * r**-0.5, torch.randn(d, device=device, dtype=dtype)
-    near = lambda got, want: (got.float() - want.float()).abs().max() <= (1e-5 if dtype == torch.float32 else 2e-2) * want.float().abs().max()
     A_log, Dd = torch.randn(d, n, device=device) * 0.5, torch.randn(d, device=device, dtype=dtype)
     norms = tuple(torch.randn(w, device=device, dtype=dtype) for w in (r, n, n))
     state = torch.randn(b, d, n, device=device, dtype=dtype)
+    err = lambda got, want: ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
     for with_norms in (norms, None):
+        exact_state = state.float()
+        wide = lambda t: None if t is None else (tuple(w.float() for w in t) if isinstance(t, tuple) else t.float())
+        exact = mamba_step_ref(*map(wide, (u, dbc, z)), exact_state, *map(wide, (w_dt, dt_bias, A_log, Dd, with_norms)), 1e-5)
         ref_state, got_state = state.clone(), state.clone()
         ref = mamba_step_ref(u, dbc, z, ref_state, w_dt, dt_bias, A_log, Dd, with_norms, 1e-5)
         os.environ["ABLATE_MAMBA_STEP_CONFIG"] = "16,16,4"
         got = mamba_step_triton(u, dbc, z, got_state, w_dt, dt_bias, A_log, Dd, with_norms, 1e-5)
         del os.environ["ABLATE_MAMBA_STEP_CONFIG"]
-        assert near(got, ref) and near(got_state, ref_state), (dtype, with_norms is None)
+        if dtype == torch.float32:
+            assert err(got, ref) < 1e-5 and err(got_state, ref_state) < 1e-5
+        else:
+            assert err(got, exact) <= 2 * err(ref, exact) + 1e-3, (err(got, exact), err(ref, exact))
+            assert err(got_state, exact_state) <= 2 * err(ref_state, exact_state) + 1e-3
 print("ok")
 """
 
@@ -349,23 +336,22 @@ def test_triton_decode_steps_match_their_references():
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("name", ["table3-mamba2", "table1-13-meta-tokens"])
-def test_decode_through_the_fused_mixer_steps_matches_full_forward(monkeypatch, name):
-    """The SSM mixers' whole decode steps as one Triton kernel each (under the interpreter on CPU):
-    token-by-token logits equal one full forward, and the fused step is the one that ran."""
+@pytest.mark.parametrize("name", ["table1-13-meta-tokens", "table3-samba"])
+def test_decode_through_the_fused_mamba_step_matches_full_forward(monkeypatch, name):
+    """Mamba heads' decode step after x_proj as one Triton kernel (under the interpreter on CPU), with
+    Hymba's dt/B/C norms and without (Samba): token-by-token logits equal one full forward, and the
+    fused step is the one that ran."""
     pytest.importorskip("triton", reason="triton is not installed: the fused decode steps are optional")
     from kernel_support import use_interpreter
 
-    from ablate.kernels.backend import OPS
-    from ablate.model import ssm  # noqa: F401  (registers the step ops)
+    from ablate.model import ssm
 
-    use_interpreter(monkeypatch, "ablate.model.decode_triton", "_mamba2_step_kernel")
-    for prefill_op in ("SSD", "SELECTIVE_SCAN", "CONV1D"):  # prefill stays on the reference: faster here
+    use_interpreter(monkeypatch, "ablate.model.decode_triton", "_mamba_step_kernel")
+    for prefill_op in ("SELECTIVE_SCAN", "CONV1D", "ATTENTION"):  # prefill stays on the reference: faster here
         monkeypatch.setenv(f"ABLATE_{prefill_op}_BACKEND", "reference")
     ran = []
-    for step_op in ("mamba_step", "mamba2_step"):
-        fast = OPS[step_op].fast_paths
-        monkeypatch.setattr(OPS[step_op], "fast_paths", {k: (_recording(fn, ran, step_op), ok) for k, (fn, ok) in fast.items()})
+    fast = ssm._MAMBA_STEP.fast_paths
+    monkeypatch.setattr(ssm._MAMBA_STEP, "fast_paths", {k: (_recording(fn, ran), ok) for k, (fn, ok) in fast.items()})
     torch.manual_seed(0)
     model = build_model(resolve(name, "tiny", overrides={"num_hidden_layers": 2})).eval()
     ids = torch.randint(0, model.config.vocab_size, (2, 9))
@@ -373,12 +359,12 @@ def test_decode_through_the_fused_mixer_steps_matches_full_forward(monkeypatch, 
         full = model(ids).logits
     stepped, _ = _decode(model, ids, [5])
     torch.testing.assert_close(stepped, full, atol=TOL, rtol=TOL)
-    assert set(ran) == {"mamba2_step" if "mamba2" in name else "mamba_step"}, "the fused step did not run"
+    assert len(ran) == 4 * model.config.num_hidden_layers  # every SSM layer of every step
 
 
-def _recording(fn, ran, name):
+def _recording(fn, ran):
     def wrapper(*args):
-        ran.append(name)
+        ran.append(args[0].shape)
         return fn(*args)
 
     return wrapper

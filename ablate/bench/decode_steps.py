@@ -8,7 +8,9 @@ bf16 state as the benchmark's cache holds it. Median ms (CUDA events after warm-
 ``ablate.bench.kernels.time_ms``); GB/s counts the state read and written once plus the step's inputs
 and output, % of the 3.0 TB/s the H100 measured. Launch configurations come from the environment
 (``ABLATE_SSD_UPDATE_CONFIG="BLOCK_P,warps"``, ``ABLATE_CONV_STEP_CONFIG="BLOCK_C,warps"`` for the conv
-step, timed after the state updates), so a shell loop sweeps them.
+step, ``ABLATE_MAMBA_STEP_CONFIG="BLOCK_B,BLOCK_D,warps"`` for the fused Mamba step), so a shell loop
+sweeps them. The fused Mamba step (``mamba_step``: dt/B/C norms, dt's projection, decay and update in
+one kernel) is timed against the ops it replaces and checked against them at the paper's shapes.
 """
 
 from __future__ import annotations
@@ -39,44 +41,31 @@ def ssm_shapes() -> dict[tuple, list[str]]:
     return shapes
 
 
-def mixer_shapes() -> dict[tuple, list[str]]:
-    """(kind, heads or channels, head_dim, d_state, groups, conv taps, dt rank, dt/B/C norms) -> variants."""
+def mamba_step_shapes() -> dict[tuple, list[str]]:
+    """(channels, d_state, dt rank, dt/B/C norms) -> the variants whose Mamba layers have that shape."""
     from ablate.bench.paper_suite import suite_entries
     from ablate.registry import resolve
 
     shapes: dict[tuple, list[str]] = {}
     for name in suite_entries(anchors=False):
         c = resolve(name, "paper").config
-        if c.has_ssm:
-            heads = c.ssm_num_heads if c.ssm_type == "mamba2" else c.ssm_inner_size
-            head_dim, groups = (c.ssm_head_dim, c.ssm_n_groups) if c.ssm_type == "mamba2" else (1, 1)
-            key = (c.ssm_type, heads, head_dim, c.ssm_state_size, groups, c.ssm_conv_kernel, c.resolved_dt_rank, c.ssm_dt_bc_norm)
+        if c.has_ssm and c.ssm_type == "mamba":
+            key = (c.ssm_inner_size, c.ssm_state_size, c.resolved_dt_rank, c.ssm_dt_bc_norm)
             shapes.setdefault(key, []).append(name)
     return shapes
 
 
-def mixer_step_inputs(shape: tuple, batch: int, device):
-    """(the fused step op, its arguments, bytes it must move) for one SSM mixer's decode step, with
-    parameters at their usual scales."""
-    from ablate.model.ssm import mamba2_step, mamba_step
-
-    kind, h, p, n, g, taps, rank, norms = shape
+def mamba_step_inputs(shape: tuple, batch: int, device):
+    """The arguments of ``mamba_step`` at one shape, parameters at their usual scales, and the bytes
+    the step must move (state read and written, inputs, output, dt_proj's weight)."""
+    channels, n, rank, norms = shape
     bf = dict(device=device, dtype=torch.bfloat16)
-    if kind == "mamba2":
-        inner = h * p
-        conv_dim = inner + 2 * g * n
-        conv, state = torch.randn(batch, conv_dim, taps - 1, **bf), torch.randn(batch, h, p, n, **bf)
-        args = (torch.randn(batch, inner + conv_dim + h, **bf), conv, state, torch.randn(conv_dim, taps, **bf) * taps**-0.5,
-                torch.randn(conv_dim, **bf), torch.randn(h, **bf), torch.rand(h, **bf) * 2, torch.randn(h, **bf),
-                torch.ones(inner, **bf), g, 1e-5)
-        io = 2 * (state.numel() + conv.numel()) * 2 + batch * (2 * inner + conv_dim + h) * 2
-        return mamba2_step, args, io
-    state = torch.randn(batch, h, n, **bf)
-    args = (torch.randn(batch, h, **bf), torch.randn(batch, rank + 2 * n, **bf), torch.randn(batch, h, **bf), state,
-            torch.randn(h, rank, **bf) * rank**-0.5, torch.randn(h, **bf), torch.rand(h, n, device=device) * 2,
-            torch.randn(h, **bf), tuple(torch.ones(w, **bf) for w in (rank, n, n)) if norms else None, 1e-5)
-    io = 2 * state.numel() * 2 + 3 * batch * h * 2 + h * rank * 2
-    return mamba_step, args, io
+    state = torch.randn(batch, channels, n, **bf)
+    args = (torch.randn(batch, channels, **bf), torch.randn(batch, rank + 2 * n, **bf), torch.randn(batch, channels, **bf), state,
+            torch.randn(channels, rank, **bf) * rank**-0.5, torch.randn(channels, **bf), torch.rand(channels, n, device=device) * 2,
+            torch.randn(channels, **bf), tuple(torch.ones(w, **bf) for w in (rank, n, n)) if norms else None, 1e-5)
+    io = 2 * state.numel() * 2 + 3 * batch * channels * 2 + channels * rank * 2
+    return args, io
 
 
 def conv_shapes() -> dict[tuple[int, int], list[str]]:
@@ -118,6 +107,7 @@ def main(batch: int = typer.Option(128, "--batch", help="sequences per decode st
         raise typer.BadParameter("needs a CUDA device (CPU parity: tests/test_cache.py)")
     from ablate.model.decode import conv_step
     from ablate.model.elementwise import fused_elementwise
+    from ablate.model.ssm import mamba_step
 
     config = os.environ.get("ABLATE_SSD_UPDATE_CONFIG", "default")
     print(f"batch {batch}, ABLATE_SSD_UPDATE_CONFIG={config}")
@@ -129,16 +119,18 @@ def main(batch: int = typer.Option(128, "--batch", help="sequences per decode st
         kind, h, p, n, g = shape
         print(f"| {kind} | {h} x {p} x {n} ({g}) | {ms['reference']:.3f} | {ms['triton']:.3f} | "
               f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {', '.join(variants)} |")
-    print("\nwhole mixer steps between the projections: the fused kernel vs the ops it replaces (each on its own fast"
-          " path, elementwise functions compiled); max |difference| over max |value|, output and state, from the same state")
-    print("| mixer | shape | separate ops ms | fused ms | fused % of 3 TB/s | output diff | state diff | variants |")
-    print("|---|---|---|---|---|---|---|---|")
-    for shape, variants in mixer_shapes().items():
-        fn, args, io = mixer_step_inputs(shape, batch, torch.device("cuda"))
+    print(f"\nMamba step after x_proj, ABLATE_MAMBA_STEP_CONFIG={os.environ.get('ABLATE_MAMBA_STEP_CONFIG', 'default')}: "
+          "the fused kernel vs the ops it replaces (dt/B/C norms, dt_proj, decay, state update, each on its fast path),\n"
+          "timed as CUDA-graph replays (a launch each, as in the decode step); max |difference| over max |value| of the\n"
+          "output and the new state, both paths from the same state")
+    print("| channels x state, dt rank, norms | separate ops ms | fused ms | fused % of 3 TB/s | output diff | state diff | variants |")
+    print("|---|---|---|---|---|---|---|")
+    for shape, variants in mamba_step_shapes().items():
+        args, io = mamba_step_inputs(shape, batch, torch.device("cuda"))
         with fused_elementwise():
-            ms = {impl: time_ms(lambda: fn(*args, backend=impl)) for impl in ("reference", "triton")}
-            diffs = _parity(fn, args, 3 if shape[0] == "mamba" else 2)
-        print(f"| {shape[0]} | {' x '.join(map(str, shape[1:5]))} | {ms['reference']:.3f} | {ms['triton']:.3f} | "
+            ms = {impl: graph_ms(lambda: mamba_step(*args, backend=impl)) for impl in ("reference", "triton")}
+            diffs = _parity(args)
+        print(f"| {shape[0]} x {shape[1]}, {shape[2]}, {'yes' if shape[3] else 'no'} | {ms['reference']:.4f} | {ms['triton']:.4f} | "
               f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {diffs[0]:.1e} | {diffs[1]:.1e} | {', '.join(variants)} |")
     print(f"\nconv step, ABLATE_CONV_STEP_CONFIG={os.environ.get('ABLATE_CONV_STEP_CONFIG', 'default')}")
     print("| channels x taps | reference ms | Triton ms | Triton % of 3 TB/s | variants |")
@@ -154,12 +146,21 @@ def main(batch: int = typer.Option(128, "--batch", help="sequences per decode st
 
 
 
-def _parity(fn, args, state_index: int) -> tuple[float, float]:
+def graph_ms(fn) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph: no Python or launch gaps between kernels."""
+    from triton.testing import do_bench_cudagraph
+
+    return float(do_bench_cudagraph(fn, rep=100, return_mode="median"))
+
+
+def _parity(args) -> tuple[float, float]:
     """Both paths once from the same state: max |difference| / max |value| of output and new state."""
+    from ablate.model.ssm import mamba_step
+
     results = []
     for impl in ("reference", "triton"):
         run = [a.clone() if torch.is_tensor(a) else a for a in args]
-        results.append((fn(*run, backend=impl).float(), run[state_index].float()))
+        results.append((mamba_step(*run, backend=impl).float(), run[3].float()))
     (y_ref, s_ref), (y, s) = results
     return ((y - y_ref).abs().max() / y_ref.abs().max()).item(), ((s - s_ref).abs().max() / s_ref.abs().max()).item()
 

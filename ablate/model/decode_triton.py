@@ -31,41 +31,6 @@ def _softplus(x):
 
 
 @triton.jit
-def _conv_window(
-    x_row, state_row, w_ptr, bias_ptr, offs_c, mc,
-    x_c, s_c, s_k, w_c, w_k,
-    TAPS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, ROLL: tl.constexpr,
-):
-    """One conv step for channels ``offs_c`` of one row, in fp32; with ROLL, the row's state for them
-    is rolled in place (slot j takes slot j + 1, the last slot the new input)."""
-    # the state holds the previous TAPS - 1 inputs per channel (oldest first); BLOCK_K >= TAPS - 1
-    offs_k = tl.arange(0, BLOCK_K)
-    held = mc[:, None] & (offs_k < TAPS - 1)[None, :]
-    s_ptrs = state_row + offs_c[:, None] * s_c + offs_k[None, :] * s_k
-    s = tl.load(s_ptrs, mask=held, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + offs_c[:, None] * w_c + offs_k[None, :] * w_k, mask=held, other=0.0).to(tl.float32)
-    x = tl.load(x_row + offs_c * x_c, mask=mc, other=0.0)
-    w_new = tl.load(w_ptr + offs_c * w_c + (TAPS - 1) * w_k, mask=mc, other=0.0).to(tl.float32)
-    y = tl.sum(s * w, axis=1) + x.to(tl.float32) * w_new
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + offs_c, mask=mc, other=0.0).to(tl.float32)
-    if SILU:
-        y = y * tl.sigmoid(y)
-    if ROLL:
-        _roll_state(x, s_ptrs, mc, held, s_k, TAPS, BLOCK_K)
-    return y
-
-
-@triton.jit
-def _roll_state(x, s_ptrs, mc, held, s_k, TAPS: tl.constexpr, BLOCK_K: tl.constexpr):
-    # callers have loaded what they need of the state before this stores into it
-    offs_k = tl.arange(0, BLOCK_K)
-    later = tl.load(s_ptrs + s_k, mask=mc[:, None] & (offs_k < TAPS - 2)[None, :], other=0.0)
-    rolled = tl.where((offs_k == TAPS - 2)[None, :], x[:, None].to(later.dtype), later)
-    tl.store(s_ptrs, rolled.to(s_ptrs.dtype.element_ty), mask=held)
-
-
-@triton.jit
 def _conv_step_kernel(
     x_ptr, state_ptr, w_ptr, bias_ptr, y_ptr,
     channels,
@@ -75,13 +40,26 @@ def _conv_step_kernel(
     y_b, y_c,
     TAPS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    # the state holds the previous TAPS - 1 inputs per channel (oldest first); BLOCK_K >= TAPS - 1
     b = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_k = tl.arange(0, BLOCK_K)
     mc = offs_c < channels
-    y = _conv_window(
-        x_ptr + b * x_b, state_ptr + b * s_b, w_ptr, bias_ptr, offs_c, mc, x_c, s_c, s_k, w_c, w_k,
-        TAPS, BLOCK_K, HAS_BIAS, SILU, True,
-    )
+    held = mc[:, None] & (offs_k < TAPS - 1)[None, :]
+    s_ptrs = state_ptr + b * s_b + offs_c[:, None] * s_c + offs_k[None, :] * s_k
+    s = tl.load(s_ptrs, mask=held, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + offs_c[:, None] * w_c + offs_k[None, :] * w_k, mask=held, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + b * x_b + offs_c * x_c, mask=mc, other=0.0)
+    w_new = tl.load(w_ptr + offs_c * w_c + (TAPS - 1) * w_k, mask=mc, other=0.0).to(tl.float32)
+    y = tl.sum(s * w, axis=1) + x.to(tl.float32) * w_new
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_c, mask=mc, other=0.0).to(tl.float32)
+    if SILU:
+        y = y * tl.sigmoid(y)
+    # roll: slot j takes slot j + 1, the last slot the new input (loads above precede these stores)
+    later = tl.load(s_ptrs + s_k, mask=mc[:, None] & (offs_k < TAPS - 2)[None, :], other=0.0)
+    rolled = tl.where((offs_k == TAPS - 2)[None, :], x[:, None].to(later.dtype), later)
+    tl.store(s_ptrs, rolled.to(state_ptr.dtype.element_ty), mask=held)
     tl.store(y_ptr + b * y_b + offs_c * y_c, y.to(y_ptr.dtype.element_ty), mask=mc)
 
 
@@ -143,91 +121,6 @@ def _ssd_update_kernel(
     if HAS_D:
         y += x * tl.load(D_ptr + h).to(tl.float32)
     tl.store(y_ptr + b * y_b + h * y_h + offs_p * y_p, y.to(y_ptr.dtype.element_ty), mask=mp)
-
-
-@triton.jit
-def _mamba2_step_kernel(
-    proj_ptr, conv_ptr, state_ptr, cw_ptr, cb_ptr, dt_bias_ptr, A_log_ptr, D_ptr, nw_ptr, y_ptr, out_ptr, count_ptr,
-    heads, P, N, G, inner, conv_dim, eps,
-    p_b, p_c,
-    c_b, c_c, c_k,
-    s_b, s_h, s_p, s_n,
-    cw_c, cw_k,
-    y_b, o_b,
-    TAPS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
-):
-    # program (row b, head h, block of the head's channels); the in_proj row is [z | x B C | dt]
-    pid = tl.program_id(0)
-    b, h = pid // heads, pid % heads
-    g = h // (heads // G)
-    offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    mp, mn = offs_p < P, offs_n < N
-    xbc_row, conv_row = proj_ptr + b * p_b + inner * p_c, conv_ptr + b * c_b
-    # the conv of this block's x channels (their conv state is this program's alone: rolled here) and
-    # of its group's B and C (shared with the group's other programs: rolled by the row's last one);
-    # each rounded to the activation dtype, as the conv step stores it
-    act = proj_ptr.dtype.element_ty
-    x = _conv_window(
-        xbc_row, conv_row, cw_ptr, cb_ptr, h * P + offs_p, mp, p_c, c_c, c_k, cw_c, cw_k,
-        TAPS, BLOCK_K, HAS_CONV_BIAS, True, True,
-    ).to(act).to(tl.float32)
-    bv = _conv_window(
-        xbc_row, conv_row, cw_ptr, cb_ptr, inner + g * N + offs_n, mn, p_c, c_c, c_k, cw_c, cw_k,
-        TAPS, BLOCK_K, HAS_CONV_BIAS, True, False,
-    ).to(act).to(tl.float32)
-    cv = _conv_window(
-        xbc_row, conv_row, cw_ptr, cb_ptr, inner + (G + g) * N + offs_n, mn, p_c, c_c, c_k, cw_c, cw_k,
-        TAPS, BLOCK_K, HAS_CONV_BIAS, True, False,
-    ).to(act).to(tl.float32)
-    dt = tl.load(proj_ptr + b * p_b + (inner + conv_dim + h) * p_c).to(tl.float32)
-    dt = _softplus(dt + tl.load(dt_bias_ptr + h).to(tl.float32))
-    a = -tl.exp(tl.load(A_log_ptr + h).to(tl.float32))
-    m2 = mp[:, None] & mn[None, :]
-    s_ptrs = state_ptr + b * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
-    s = tl.load(s_ptrs, mask=m2, other=0.0).to(tl.float32)
-    s = s * tl.exp(dt * a) + (dt * x)[:, None] * bv[None, :]
-    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), mask=m2)
-    y = tl.sum(s * cv[None, :], axis=1)
-    if HAS_D:
-        y += x * tl.load(D_ptr + h).to(tl.float32)
-    tl.store(y_ptr + b * y_b + h * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mp)
-    # the row's last program (release/acquire on its counter: every other program of the row has
-    # stored its y and read B and C's conv state) rolls that state and applies the gated group norm
-    arrived = tl.atomic_add(count_ptr + b, 1, sem="acq_rel")
-    if arrived == heads * tl.num_programs(1) - 1:
-        tl.store(count_ptr + b, 0)  # ready for the next step
-        offs_k = tl.arange(0, BLOCK_K)
-        for start in range(inner, conv_dim, BLOCK_W):
-            offs_c = start + tl.arange(0, BLOCK_W)
-            mc = offs_c < conv_dim
-            s_row = conv_row + offs_c[:, None] * c_c + offs_k[None, :] * c_k
-            new = tl.load(xbc_row + offs_c * p_c, mask=mc, other=0.0)
-            _roll_state(new, s_row, mc, mc[:, None] & (offs_k < TAPS - 1)[None, :], c_k, TAPS, BLOCK_K)
-        width = inner // G
-        for gg in range(G):
-            sq = tl.zeros([BLOCK_W], dtype=tl.float32)
-            for start in range(0, width, BLOCK_W):
-                gated, offs, mw = _gated(proj_ptr + b * p_b, y_ptr + b * y_b, p_c, gg * width + start, width - start, BLOCK_W)
-                sq += gated * gated
-            r = tl.rsqrt(tl.sum(sq) / width + eps)
-            for start in range(0, width, BLOCK_W):
-                gated, offs, mw = _gated(proj_ptr + b * p_b, y_ptr + b * y_b, p_c, gg * width + start, width - start, BLOCK_W)
-                w = tl.load(nw_ptr + offs, mask=mw, other=0.0).to(tl.float32)
-                normed = (gated * r).to(y_ptr.dtype.element_ty).to(tl.float32)  # as the norm rounds
-                tl.store(out_ptr + b * o_b + offs, (w * normed).to(out_ptr.dtype.element_ty), mask=mw)
-
-
-@triton.jit
-def _gated(z_row, y_row, z_c, first, left, BLOCK_W: tl.constexpr):
-    # y * silu(z) over BLOCK_W channels from ``first`` (``left`` of them in the group), in fp32; y is
-    # read past L1 (other programs of the row stored it)
-    offs = first + tl.arange(0, BLOCK_W)
-    mw = tl.arange(0, BLOCK_W) < left
-    y = tl.load(y_row + offs, mask=mw, other=0.0, cache_modifier=".cg").to(tl.float32)
-    z = tl.load(z_row + offs * z_c, mask=mw, other=0.0).to(tl.float32)
-    return y * (z * tl.sigmoid(z)), offs, mw
 
 
 @triton.jit
@@ -385,53 +278,6 @@ def ssd_state_update_triton(state, x, dt, A, B, C, D=None, dt_bias=None, dt_soft
         num_warps=warps,
     )
     return y
-
-
-_ROW_COUNTERS: dict = {}
-_OUTGROWN: list = []  # counters a captured CUDA graph may still point at: never freed
-
-
-def _row_counters(device, rows: int):
-    """Per-row arrival counters for kernels whose last program of a row finishes it. Zero between
-    calls (that last program resets its row), so one buffer per device serves every layer; kernels
-    on one stream only."""
-    import torch
-
-    counters = _ROW_COUNTERS.get(device)
-    if counters is None or counters.numel() < rows:
-        if counters is not None:
-            _OUTGROWN.append(counters)
-        counters = _ROW_COUNTERS[device] = torch.zeros(max(rows, 1024), dtype=torch.int32, device=device)
-    return counters
-
-
-def mamba2_step_triton(proj, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, groups, eps):
-    """Same contract as ``ablate.model.ssm.mamba2_step_ref``: the conv step, the state update and
-    the gated group norm of one Mamba2 decode step in one kernel."""
-    import torch
-
-    b, heads, p, n = ssm_state.shape
-    inner, conv_dim = heads * p, conv_weight.shape[0]
-    taps = conv_weight.shape[-1]
-    y = torch.empty(b, inner, dtype=proj.dtype, device=proj.device)
-    out = torch.empty(b, inner, dtype=torch.result_type(y, norm_weight), device=proj.device)
-    block_n = triton.next_power_of_2(n)
-    # (BLOCK_P, num_warps[, BLOCK_W: channels per pass of the row's finish]) from
-    # ABLATE_MAMBA2_STEP_CONFIG, else the state update's default
-    config = env_ints("ABLATE_MAMBA2_STEP_CONFIG") or (max(1, min(triton.next_power_of_2(p), 4096 // block_n)), 4)
-    block_p, warps = config[:2]
-    block_w = config[2] if len(config) > 2 else min(triton.next_power_of_2(inner), 1024)
-    grid = (b * heads, triton.cdiv(p, block_p))
-    _mamba2_step_kernel[grid](
-        proj, conv_state, ssm_state, conv_weight, conv_bias if conv_bias is not None else conv_weight, dt_bias, A_log,
-        D if D is not None else dt_bias, norm_weight, y, out, _row_counters(proj.device, b),
-        heads, p, n, groups, inner, conv_dim, eps,
-        *proj.stride(), *conv_state.stride(), *ssm_state.stride(), *conv_weight.stride(), y.stride(0), out.stride(0),
-        TAPS=taps, BLOCK_K=triton.next_power_of_2(max(taps - 1, 1)), HAS_CONV_BIAS=conv_bias is not None,
-        HAS_D=D is not None, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_W=block_w,
-        num_warps=warps,
-    )
-    return out
 
 
 def mamba_step_triton(u, dbc, z, ssm_state, dt_weight, dt_bias, A_log, D, norms, eps):

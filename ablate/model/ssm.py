@@ -190,39 +190,6 @@ def mamba_step(u, dbc, z, ssm_state, dt_weight, dt_bias, A_log, D, norms, eps, b
     return _MAMBA_STEP.choose(backend, *args)(*args)
 
 
-def mamba2_step_ref(proj, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, groups: int, eps: float, valid=None):
-    """A Mamba2 mixer's decode step between its projections. proj: (b, inner + conv_dim + heads), the
-    in_proj output [z | x B C | dt]; conv_state (b, conv_dim, k-1) and ssm_state (b, heads, p, n) are
-    updated in place; valid: (b,) bool or None, False where the row's token is padding. Returns
-    RMSNorm(y * silu(z)) per group, (b, inner)."""
-    b, heads, p, n = ssm_state.shape
-    inner = heads * p
-    z, xbc, dt = torch.split(proj, [inner, conv_weight.shape[0], heads], dim=-1)
-    xbc = conv_step(xbc, conv_state, conv_weight, conv_bias)
-    if valid is not None:
-        xbc = xbc * valid.unsqueeze(-1).to(xbc.dtype)
-    x, B, C = torch.split(xbc, [inner, groups * n, groups * n], dim=-1)
-    # the step adds dt's bias and takes its softplus itself
-    y = ssd_state_update(ssm_state, x.reshape(b, heads, p), dt, decay_rates(A_log), B.reshape(b, groups, n), C.reshape(b, groups, n), D, dt_bias, True)
-    return gated_group_rms_norm(y.reshape(b, inner), z, norm_weight, groups, eps)
-
-
-def _mamba2_step_triton(*args):
-    from ablate.model.decode_triton import mamba2_step_triton
-
-    return mamba2_step_triton(*args[:-1])
-
-
-_MAMBA2_STEP = op("mamba2_step", mamba2_step_ref)
-_MAMBA2_STEP.register("triton", _mamba2_step_triton, lambda proj, conv, ssm, *rest: rest[-1] is None and can_run(proj, conv, ssm))
-
-
-def mamba2_step(proj, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, groups, eps, valid=None, backend=None):
-    """One Mamba2 decode step between the projections, states updated in place; see ``mamba2_step_ref``."""
-    args = (proj, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, groups, eps, valid)
-    return _MAMBA2_STEP.choose(backend, *args)(*args)
-
-
 class Mamba2Mixer(nn.Module):
     """Mamba2: in_proj -> (z, xBC, dt); conv + SiLU on xBC; SSD scan; gated group norm; out_proj."""
 
@@ -257,16 +224,27 @@ class Mamba2Mixer(nn.Module):
         b, l, _ = hidden.shape
         step = ctx.cache is not None and l == 1  # a decode step: update the cached state in place
         state = _cached_state(ctx, self.layer, step)
-        proj = self.in_proj(_mask_padding(hidden, ctx))
-        if step:  # everything between the two projections, one kernel on GPU
-            valid = ctx.token_valid[:, 0] if ctx.token_valid is not None else None
-            params = (self.conv_weight, self.conv_bias, self.dt_bias, self.A_log, self.D, self.norm.weight)
-            y = mamba2_step(proj[:, 0], state[0], state[1], *params, self.groups, self.norm.eps, valid)
-            return self.out_proj(y.unsqueeze(1))
-        z, xbc, dt = torch.split(proj, [self.inner, self.conv_dim, self.num_heads], dim=-1)
-        xbc, conv_state = causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
-        bc = self.groups * self.state_size
-        x, B, C = torch.split(_mask_padding(xbc.transpose(1, 2), ctx), [self.inner, bc, bc], dim=-1)
+        z, xbc, dt = torch.split(self.in_proj(_mask_padding(hidden, ctx)), [self.inner, self.conv_dim, self.num_heads], dim=-1)
+        if step:
+            xbc = conv_step(xbc[:, 0], state[0], self.conv_weight, self.conv_bias).unsqueeze(1)
+        else:
+            xbc, conv_state = causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
+            xbc = xbc.transpose(1, 2)
+        xbc = _mask_padding(xbc, ctx)
+        x, B, C = torch.split(xbc, [self.inner, self.groups * self.state_size, self.groups * self.state_size], dim=-1)
+        if step:  # the step adds dt's bias and takes its softplus itself
+            y = ssd_state_update(
+                state[1],
+                x.reshape(b, self.num_heads, self.head_dim),
+                dt[:, 0],
+                decay_rates(self.A_log),
+                B.reshape(b, self.groups, self.state_size),
+                C.reshape(b, self.groups, self.state_size),
+                self.D,
+                self.dt_bias,
+                True,
+            )
+            return self.out_proj(self.norm(y.reshape(b, 1, self.inner), z))
         dt = softplus_dt(dt, self.dt_bias)
         y, ssm_state = ssd_scan(
             x.reshape(b, l, self.num_heads, self.head_dim),

@@ -1,4 +1,4 @@
-"""Two fixes to triton 3.6's CPU interpreter (TRITON_INTERPRET=1), so kernels can be tested on CPU.
+"""Three fixes to triton 3.6's CPU interpreter (TRITON_INTERPRET=1), so kernels can be tested on CPU.
 
 1. Loops with run-time bounds under numpy >= 2.3. The interpreter holds every scalar as a one-element 1-d array and converts it for ``range()`` with
 ``int(array)``, which newer numpy refuses ("only 0-dimensional arrays can be converted to Python
@@ -10,7 +10,11 @@ interpreter, and only when numpy needs it.
 those integers (a 16 x 16 bf16 product comes out ~1e10 off); the patch converts them to fp32 first,
 which is what the GPU's bf16 MMA with fp32 accumulation computes.
 
-Compiled (GPU) kernels never see either patch.
+3. fp32 -> bf16 rounding. The interpreter truncates the mantissa where a GPU rounds to nearest even,
+so every bf16 store came out up to one ulp low (always towards zero) and kernels that round
+intermediates to bf16 compounded it. The patch rounds as the GPU (and torch) does.
+
+Compiled (GPU) kernels never see these patches.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def patch_interpreter() -> None:
         return
     interpreter._ablate_patched = True
     _patch_bf16_dot(interpreter)
+    _patch_bf16_rounding(interpreter)
     if not _numpy_refuses_1d_int():
         return
     original = interpreter._patch_lang_tensor
@@ -60,3 +65,20 @@ def _patch_bf16_dot(interpreter) -> None:
         return original(self, a, b, d, input_precision, max_num_imprecise_acc)
 
     builder.create_dot = create_dot
+
+
+def _patch_bf16_rounding(interpreter) -> None:
+    import triton.language as tl
+
+    original = interpreter._convert_float
+
+    def convert(data, src, dst, rounding_mode):
+        if not (src == tl.float32 and dst == tl.bfloat16):
+            return original(data, src, dst, rounding_mode)
+        bits = np.ascontiguousarray(data).view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # nearest, ties to even
+        nan = np.isnan(np.ascontiguousarray(data).view(np.float32))
+        rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)  # stays a (quiet) NaN
+        return rounded.reshape(np.shape(data))
+
+    interpreter._convert_float = convert
