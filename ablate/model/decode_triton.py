@@ -289,9 +289,9 @@ def mamba_step_triton(u, dbc, z, ssm_state, dt_weight, dt_bias, A_log, D, norms,
     n, r = ssm_state.shape[-1], dt_weight.shape[1]
     y = torch.empty_like(u)
     # (BLOCK_B, BLOCK_D, num_warps); ABLATE_MAMBA_STEP_CONFIG overrides. tl.dot takes blocks of >= 16;
-    # 16 x 16 x 4 warps was the fastest of ten at Table 1's shape on the H100
-    # (reports/bench-h100/fused-mamba-step/mamba_step_configs.txt)
-    block_b, block_d, warps = env_ints("ABLATE_MAMBA_STEP_CONFIG") or (16, 16, 4)
+    # 16 x 32 x 4 warps ran fastest inside the decode step of Table 1's Mamba on the H100 (isolated
+    # timings ranked 16 x 16 first: reports/bench-h100/fused-mamba-step/)
+    block_b, block_d, warps = env_ints("ABLATE_MAMBA_STEP_CONFIG") or (16, 32, 4)
     grid = (triton.cdiv(b, block_b), triton.cdiv(dim, block_d))
     n0, n1, n2 = norms if norms is not None else (dt_weight,) * 3
     _mamba_step_kernel[grid](
