@@ -145,7 +145,6 @@ def main(batch: int = typer.Option(128, "--batch", help="sequences per decode st
               f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {', '.join(variants)} |")
 
 
-
 def layers_ms(fn, args, state_index: int, backend: str, l2_bytes: int = 50 * 2**20) -> float:
     """Median ms of one call of ``fn`` as a decode step runs it: replayed from a CUDA graph (no
     Python or launch gaps) over copies of the state whose sum exceeds the L2 cache, one per call, as

@@ -5,8 +5,10 @@ PyTorch each elementwise op is its own pass over the (b, heads, head_dim, d_stat
 passes per step, which dominates a Mamba2 decode step at large batch. These fuse a step into one
 kernel (and stay capturable in a CUDA graph). The conv step is one kernel too (compiled from
 PyTorch it took three: the window, the output, the in-place roll of the state), and so are the
-RMSNorms of Hymba's dt, B and C (three compiled kernels for three short segments of one row). Same
-contracts as the references; tests hold them equal under Triton's CPU interpreter.
+RMSNorms of Hymba's dt, B and C (three compiled kernels for three short segments of one row). A Mamba
+layer's step after its x projection is one kernel too (``mamba_step_triton``: those norms, dt's
+projection, the decay and the update, where it took four). Same contracts as the references; tests
+hold them equal under Triton's CPU interpreter.
 """
 
 from __future__ import annotations
