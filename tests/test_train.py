@@ -22,7 +22,9 @@ def test_tiny_run_end_to_end(tmp_path, tiny_data):
     out = tmp_path / "run"
     r = run_training("table3-llama3", "tiny", out=out, data=tiny_data, steps=12, settings=dict(SMALL, lr=1e-2), quiet=True)
     assert r.status == "complete" and r.step == 12 and r.tokens == 12 * 4 * 32
-    assert r.val_loss < r.val_loss_initial - 0.3  # it learns
+    # it learns: the drop was 0.28-0.51 nats over nine data preparations (the tiny BPE differs from
+    # one process to the next, huggingface/tokenizers#1794), 0.3 failed once in CI
+    assert r.val_loss < r.val_loss_initial - 0.15
     info = RunDir(out).info()
     assert info["status"] == "complete" and info["config_hash"] == r.config_hash
     assert info["model_config"]["hidden_size"] == 32 and info["train"]["global_batch"] == 4 and info["data"]["data_hash"]

@@ -70,7 +70,9 @@ def _patch_bf16_dot(interpreter) -> None:
 def _patch_bf16_rounding(interpreter) -> None:
     import triton.language as tl
 
-    original = interpreter._convert_float
+    original = getattr(interpreter, "_convert_float", None)
+    if original is None:  # a triton whose interpreter converts elsewhere: nothing to patch
+        return
 
     def convert(data, src, dst, rounding_mode):
         if not (src == tl.float32 and dst == tl.bfloat16):
