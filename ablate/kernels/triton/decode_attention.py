@@ -14,18 +14,14 @@ a second kernel merges them (the log-sum-exp combine of split-K flash decoding).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ablate.kernels.triton.interpreter_compat import patch_when_interpreting
 from ablate.kernels.triton.support import env_ints
 
-if os.environ.get("TRITON_INTERPRET") == "1":  # CPU tests: fixes to triton 3.6's interpreter
-    from ablate.kernels.triton.interpreter_compat import patch_interpreter
-
-    patch_interpreter()
+patch_when_interpreting()  # CPU tests: fixes to triton 3.6's interpreter
 
 
 @triton.jit

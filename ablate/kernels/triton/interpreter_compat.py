@@ -19,6 +19,8 @@ Compiled (GPU) kernels never see these patches.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -28,6 +30,12 @@ def _numpy_refuses_1d_int() -> bool:
     except TypeError:
         return True
     return False
+
+
+def patch_when_interpreting() -> None:
+    """The fixes, when TRITON_INTERPRET=1 (CPU tests); every kernel module calls this on import."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        patch_interpreter()
 
 
 def patch_interpreter() -> None:
