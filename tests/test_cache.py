@@ -197,14 +197,15 @@ def test_ssd_state_update_matches_sequential_ref():
     h0 = torch.randn(b, h, p, n)
     ref, ref_state = ssd_scan_sequential_ref(x, dt, A, B, C, D, h0)
     state = h0.clone()
-    ys = [ssd_state_update(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], D) for t in range(l)]
+    A_log = torch.log(-A)  # the step takes the decay rate's log, as the model holds it
+    ys = [ssd_state_update(state, x[:, t], dt[:, t], A_log, B[:, t], C[:, t], D) for t in range(l)]
     torch.testing.assert_close(torch.stack(ys, 1), ref)
     torch.testing.assert_close(state, ref_state)
     # dt's bias and softplus taken inside the step
     raw, bias = torch.randn(b, l, h), torch.randn(h)
     ref, ref_state = ssd_scan_sequential_ref(x, F.softplus(raw + bias), A, B, C, D, h0)
     state = h0.clone()
-    ys = [ssd_state_update(state, x[:, t], raw[:, t], A, B[:, t], C[:, t], D, bias, True) for t in range(l)]
+    ys = [ssd_state_update(state, x[:, t], raw[:, t], A_log, B[:, t], C[:, t], D, bias, True) for t in range(l)]
     torch.testing.assert_close(torch.stack(ys, 1), ref)
     torch.testing.assert_close(state, ref_state)
 
@@ -247,18 +248,18 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
     # sizes that are not powers of two (masked lanes) and strided views, as the model passes them
     b, h, p, g, n = 2, 4, 6, 2, 5
     x = torch.randn(b, 1, h * p + 3, device=device, dtype=dtype)[:, 0, : h * p].view(b, h, p)
-    dt, A, D = torch.rand(b, h, device=device), -torch.rand(h, device=device), torch.randn(h, device=device)
+    dt, A_log, D = torch.rand(b, h, device=device), torch.randn(h, device=device), torch.randn(h, device=device)
     B, C = torch.randn(b, g, n, device=device, dtype=dtype), torch.randn(b, g, n, device=device, dtype=dtype)
     state = torch.randn(b, h, p, n, device=device, dtype=dtype)
     ref_state = state.clone()
-    ref = ssd_state_update_ref(ref_state, x, dt, A, B, C, D)
-    torch.testing.assert_close(ssd_state_update_triton(state, x, dt, A, B, C, D), ref, atol=tol, rtol=tol)
+    ref = ssd_state_update_ref(ref_state, x, dt, A_log, B, C, D)
+    torch.testing.assert_close(ssd_state_update_triton(state, x, dt, A_log, B, C, D), ref, atol=tol, rtol=tol)
     torch.testing.assert_close(state, ref_state, atol=tol, rtol=tol)
     # dt's bias and softplus inside the step equal them applied before it
     raw, dt_bias = torch.randn(b, h, device=device), torch.randn(h, device=device)
     raw[0, 0] = 25.0  # past softplus's threshold
-    ref = ssd_state_update_ref(ref_state, x, F.softplus(raw + dt_bias), A, B, C, D)
-    torch.testing.assert_close(ssd_state_update_triton(state, x, raw, A, B, C, D, dt_bias, True), ref, atol=tol, rtol=tol)
+    ref = ssd_state_update_ref(ref_state, x, F.softplus(raw + dt_bias), A_log, B, C, D)
+    torch.testing.assert_close(ssd_state_update_triton(state, x, raw, A_log, B, C, D, dt_bias, True), ref, atol=tol, rtol=tol)
     torch.testing.assert_close(state, ref_state, atol=tol, rtol=tol)
 
     b, d, n = 3, 10, 6
@@ -273,11 +274,12 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
     torch.testing.assert_close(state, ref_state, atol=tol, rtol=tol)
 
     # the conv step: x a strided slice (as the in_proj output gives it), channels past one block,
-    # Mamba's 4 taps and a 2-tap conv (a one-slot state), with and without bias and SiLU
-    for taps, c, with_bias, activation in ((4, 300, True, "silu"), (2, 7, False, None)):
+    # Mamba's 4 taps and a 2-tap conv (a one-slot state), with and without bias and SiLU; the state
+    # tap-major as the cache stores it, and channel-major
+    for taps, c, with_bias, activation, tap_major in ((4, 300, True, "silu", True), (4, 300, True, "silu", False), (2, 7, False, None, True)):
         x = torch.randn(b, 1, c + 5, device=device, dtype=dtype)[:, 0, 2 : c + 2]
         w, cb = torch.randn(c, taps, device=device, dtype=dtype), torch.randn(c, device=device, dtype=dtype)
-        state = torch.randn(b, c, taps - 1, device=device, dtype=dtype)
+        state = torch.randn(b, taps - 1, c, device=device, dtype=dtype).transpose(1, 2) if tap_major else torch.randn(b, c, taps - 1, device=device, dtype=dtype)
         ref_state = state.clone()
         bias_arg = cb if with_bias else None
         ref = conv_step_ref(x, ref_state, w, bias_arg, activation)

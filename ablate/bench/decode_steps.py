@@ -89,7 +89,7 @@ def step_inputs(shape: tuple, batch: int, device):
     bf = dict(device=device, dtype=torch.bfloat16)
     if kind == "mamba2":
         state = torch.randn(batch, h, p, n, **bf)
-        args = (state, torch.randn(batch, h, p, **bf), torch.rand(batch, h, device=device), -torch.rand(h, device=device),
+        args = (state, torch.randn(batch, h, p, **bf), torch.rand(batch, h, device=device), torch.randn(h, device=device),
                 torch.randn(batch, g, n, **bf), torch.randn(batch, g, n, **bf), torch.randn(h, device=device))
         io = 2 * state.numel() * 2 + 2 * batch * h * p * 2 + 2 * batch * g * n * 2
         return ssd_state_update, args, io
@@ -132,17 +132,23 @@ def main(batch: int = typer.Option(128, "--batch", help="sequences per decode st
             diffs = _parity(args)
         print(f"| {shape[0]} x {shape[1]}, {shape[2]}, {'yes' if shape[3] else 'no'} | {ms['reference']:.4f} | {ms['triton']:.4f} | "
               f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {diffs[0]:.1e} | {diffs[1]:.1e} | {', '.join(variants)} |")
-    print(f"\nconv step, ABLATE_CONV_STEP_CONFIG={os.environ.get('ABLATE_CONV_STEP_CONFIG', 'default')}")
-    print("| channels x taps | reference ms | Triton ms | Triton % of 3 TB/s | variants |")
-    print("|---|---|---|---|---|")
+    print(f"\nconv step, ABLATE_CONV_STEP_CONFIG={os.environ.get('ABLATE_CONV_STEP_CONFIG', 'default')}: "
+          "the state tap-major (as the cache stores it) or channel-major, timed as the Mamba step above")
+    print("| channels x taps | state layout | reference ms | Triton ms | Triton % of 3 TB/s | variants |")
+    print("|---|---|---|---|---|---|")
     for (channels, taps), variants in conv_shapes().items():
         bf = dict(device="cuda", dtype=torch.bfloat16)
-        state, x = torch.randn(batch, channels, taps - 1, **bf), torch.randn(batch, channels, **bf)
-        args = (x, state, torch.randn(channels, taps, **bf), torch.randn(channels, **bf))
-        io = (2 * state.numel() + 2 * x.numel() + channels * (taps + 1)) * 2
-        ms = {impl: time_ms(lambda: conv_step(*args, backend=impl)) for impl in ("reference", "triton")}
-        print(f"| {channels} x {taps} | {ms['reference']:.3f} | {ms['triton']:.3f} | "
-              f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {', '.join(variants)} |")
+        for layout in ("tap-major", "channel-major"):
+            if layout == "tap-major":
+                state = torch.randn(batch, taps - 1, channels, **bf).transpose(1, 2)
+            else:
+                state = torch.randn(batch, channels, taps - 1, **bf)
+            x = torch.randn(batch, channels, **bf)
+            args = (x, state, torch.randn(channels, taps, **bf), torch.randn(channels, **bf))
+            io = (2 * state.numel() + 2 * x.numel() + channels * (taps + 1)) * 2
+            ms = {impl: layers_ms(conv_step, args, 1, impl) for impl in ("reference", "triton")}
+            print(f"| {channels} x {taps} | {layout} | {ms['reference']:.4f} | {ms['triton']:.4f} | "
+                  f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {', '.join(variants)} |")
 
 
 def layers_ms(fn, args, state_index: int, backend: str, l2_bytes: int = 50 * 2**20) -> float:
@@ -153,6 +159,7 @@ def layers_ms(fn, args, state_index: int, backend: str, l2_bytes: int = 50 * 2**
 
     state = args[state_index]
     copies = max(2, -(-2 * l2_bytes // (state.numel() * state.element_size())))
+    # clone keeps the state's strides (a tap-major conv state stays tap-major)
     calls = [tuple(state.clone() if i == state_index else a for i, a in enumerate(args)) for _ in range(copies)]
 
     def step():

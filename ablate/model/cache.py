@@ -426,7 +426,9 @@ def _ssm_buffers(config: AblateConfig, batch: int, dtype, state_dtype, device):
     else:
         channels = config.ssm_inner_size
         shape = (batch, config.ssm_inner_size, config.ssm_state_size)
-    conv = torch.zeros(batch, channels, config.ssm_conv_kernel - 1, dtype=dtype, device=device)
+    # stored tap-major, seen as (B, channels, kernel - 1): the decode step's loads and stores of one
+    # tap then run along contiguous channels
+    conv = torch.zeros(batch, config.ssm_conv_kernel - 1, channels, dtype=dtype, device=device).transpose(1, 2)
     return conv, torch.zeros(*shape, dtype=state_dtype, device=device)
 
 

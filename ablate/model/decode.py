@@ -104,7 +104,7 @@ def ssd_state_update_ref(
     state: torch.Tensor,
     x: torch.Tensor,
     dt: torch.Tensor,
-    A: torch.Tensor,
+    A_log: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
     D: torch.Tensor | None = None,
@@ -113,8 +113,9 @@ def ssd_state_update_ref(
 ) -> torch.Tensor:
     """One step of Mamba2's SSD recurrence. state: (b, h, p, n), updated in place (math in fp32);
     x: (b, h, p); dt: (b, h), to which ``dt_bias`` (h,) is added and softplus applied if asked (as
-    Mamba2 does; folded into the step so they cost no kernel of their own); A: (h,); B, C: (b, g, n);
-    D: (h,). Returns y (b, h, p) in x's dtype."""
+    Mamba2 does); A_log: (h,), the decay rate being A = -exp(A_log); B, C: (b, g, n); D: (h,). The
+    bias, softplus and decay rate are taken inside the step so they cost no kernel of their own.
+    Returns y (b, h, p) in x's dtype."""
     dtype = x.dtype
     heads = x.shape[1]
     x32, dt = x.float(), dt.float()
@@ -124,7 +125,7 @@ def ssd_state_update_ref(
         dt = F.softplus(dt)
     B = B.float().repeat_interleave(heads // B.shape[1], dim=1)  # (b, h, n)
     C = C.float().repeat_interleave(heads // C.shape[1], dim=1)
-    decay = torch.exp(dt * A.float())[:, :, None, None]
+    decay = torch.exp(dt * -torch.exp(A_log.float()))[:, :, None, None]
     h = state.float() * decay + (dt.unsqueeze(-1) * x32).unsqueeze(-1) * B.unsqueeze(2)
     state.copy_(h)
     y = (h * C.unsqueeze(2)).sum(-1)
@@ -215,7 +216,7 @@ def selective_state_update(state, u, delta, A, B, C, D=None, z=None, delta_bias=
     return _SELECTIVE_STEP.choose(backend, *args)(*args)
 
 
-def ssd_state_update(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, backend=None):
+def ssd_state_update(state, x, dt, A_log, B, C, D=None, dt_bias=None, dt_softplus=False, backend=None):
     """One Mamba2 step, state updated in place; see ``ssd_state_update_ref``."""
-    args = (state, x, dt, A, B, C, D, dt_bias, dt_softplus)
+    args = (state, x, dt, A_log, B, C, D, dt_bias, dt_softplus)
     return _SSD_STEP.choose(backend, *args)(*args)

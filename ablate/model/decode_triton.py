@@ -36,28 +36,27 @@ def _conv_step_kernel(
     s_b, s_c, s_k,
     w_c, w_k,
     y_b, y_c,
-    TAPS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr,
+    TAPS: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    # the state holds the previous TAPS - 1 inputs per channel (oldest first); BLOCK_K >= TAPS - 1
+    # the state holds the previous TAPS - 1 inputs per channel (oldest first). One vector per tap:
+    # the cache stores the state tap-major (channels contiguous), so each load and store is coalesced
     b = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_k = tl.arange(0, BLOCK_K)
     mc = offs_c < channels
-    held = mc[:, None] & (offs_k < TAPS - 1)[None, :]
-    s_ptrs = state_ptr + b * s_b + offs_c[:, None] * s_c + offs_k[None, :] * s_k
-    s = tl.load(s_ptrs, mask=held, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + offs_c[:, None] * w_c + offs_k[None, :] * w_k, mask=held, other=0.0).to(tl.float32)
+    s_row = state_ptr + b * s_b + offs_c * s_c
     x = tl.load(x_ptr + b * x_b + offs_c * x_c, mask=mc, other=0.0)
-    w_new = tl.load(w_ptr + offs_c * w_c + (TAPS - 1) * w_k, mask=mc, other=0.0).to(tl.float32)
-    y = tl.sum(s * w, axis=1) + x.to(tl.float32) * w_new
+    y = x.to(tl.float32) * tl.load(w_ptr + offs_c * w_c + (TAPS - 1) * w_k, mask=mc, other=0.0).to(tl.float32)
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_c, mask=mc, other=0.0).to(tl.float32)
+    for k in tl.static_range(TAPS - 1):
+        held = tl.load(s_row + k * s_k, mask=mc, other=0.0)
+        y += held.to(tl.float32) * tl.load(w_ptr + offs_c * w_c + k * w_k, mask=mc, other=0.0).to(tl.float32)
+        if k > 0:  # roll: slot k - 1 takes slot k (each slot is read before it is overwritten)
+            tl.store(s_row + (k - 1) * s_k, held, mask=mc)
+    if TAPS > 1:
+        tl.store(s_row + (TAPS - 2) * s_k, x.to(state_ptr.dtype.element_ty), mask=mc)
     if SILU:
         y = y * tl.sigmoid(y)
-    # roll: slot j takes slot j + 1, the last slot the new input (loads above precede these stores)
-    later = tl.load(s_ptrs + s_k, mask=mc[:, None] & (offs_k < TAPS - 2)[None, :], other=0.0)
-    rolled = tl.where((offs_k == TAPS - 2)[None, :], x[:, None].to(later.dtype), later)
-    tl.store(s_ptrs, rolled.to(state_ptr.dtype.element_ty), mask=held)
     tl.store(y_ptr + b * y_b + offs_c * y_c, y.to(y_ptr.dtype.element_ty), mask=mc)
 
 
@@ -85,7 +84,7 @@ def _segment_rms_norm_kernel(
 
 @triton.jit
 def _ssd_update_kernel(
-    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, y_ptr,
+    state_ptr, x_ptr, dt_ptr, A_log_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, y_ptr,
     heads, P, N, heads_per_group,
     s_b, s_h, s_p, s_n,
     x_b, x_h, x_p,
@@ -110,7 +109,7 @@ def _ssd_update_kernel(
         dt += tl.load(dt_bias_ptr + h).to(tl.float32)
     if SOFTPLUS:
         dt = _softplus(dt)
-    a = tl.load(A_ptr + h).to(tl.float32)
+    a = -tl.exp(tl.load(A_log_ptr + h).to(tl.float32))
     bv = tl.load(B_ptr + b * B_b + g * B_g + offs_n * B_n, mask=mn, other=0.0).to(tl.float32)
     cv = tl.load(C_ptr + b * C_b + g * C_g + offs_n * C_n, mask=mn, other=0.0).to(tl.float32)
     s = s * tl.exp(dt * a) + (dt * x)[:, None] * bv[None, :]
@@ -235,7 +234,7 @@ def conv_step_triton(x, state, weight, bias=None, activation="silu"):
         x, state, weight, bias if bias is not None else weight, y,
         channels,
         *x.stride(), *state.stride(), *weight.stride(), *y.stride(),
-        TAPS=taps, BLOCK_K=triton.next_power_of_2(max(taps - 1, 1)), HAS_BIAS=bias is not None, SILU=activation == "silu",
+        TAPS=taps, HAS_BIAS=bias is not None, SILU=activation == "silu",
         BLOCK_C=block_c, num_warps=warps,
     )
     return y
@@ -256,7 +255,7 @@ def segment_rms_norm_triton(x, weights, eps):
     return out.view(*x.shape[:-1], x.shape[-1])
 
 
-def ssd_state_update_triton(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False):
+def ssd_state_update_triton(state, x, dt, A_log, B, C, D=None, dt_bias=None, dt_softplus=False):
     """Same contract as ``ablate.model.decode.ssd_state_update``."""
     import torch
 
@@ -269,7 +268,7 @@ def ssd_state_update_triton(state, x, dt, A, B, C, D=None, dt_bias=None, dt_soft
     block_p, warps = env_ints("ABLATE_SSD_UPDATE_CONFIG") or (max(1, min(triton.next_power_of_2(p), 4096 // block_n)), 4)
     grid = (b * heads, triton.cdiv(p, block_p))
     _ssd_update_kernel[grid](
-        state, x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A, y,
+        state, x, dt, A_log, B, C, D if D is not None else A_log, dt_bias if dt_bias is not None else A_log, y,
         heads, p, n, heads // groups,
         *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
         HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, BLOCK_P=block_p, BLOCK_N=block_n,

@@ -232,12 +232,12 @@ class Mamba2Mixer(nn.Module):
             xbc = xbc.transpose(1, 2)
         xbc = _mask_padding(xbc, ctx)
         x, B, C = torch.split(xbc, [self.inner, self.groups * self.state_size, self.groups * self.state_size], dim=-1)
-        if step:  # the step adds dt's bias and takes its softplus itself
+        if step:  # the step adds dt's bias, takes its softplus and the decay rate itself
             y = ssd_state_update(
                 state[1],
                 x.reshape(b, self.num_heads, self.head_dim),
                 dt[:, 0],
-                decay_rates(self.A_log),
+                self.A_log,
                 B.reshape(b, self.groups, self.state_size),
                 C.reshape(b, self.groups, self.state_size),
                 self.D,
