@@ -187,23 +187,23 @@ def _conv_taps(x_ptr, state_ptr, w_ptr, bias_ptr, ch, m, s_c, s_k, w_c, w_k, TAP
 def _mamba2_step_kernel(
     z_ptr, xbc_ptr, dt_ptr, conv_ptr, cw_ptr, cb_ptr, state_ptr, A_log_ptr, D_ptr, dt_bias_ptr, nw_ptr,
     gated_ptr, sumsq_ptr, count_ptr, y_ptr,
-    inner, P, N, G, eps,
+    inner, P, N, G, heads_per_group, eps,
     z_b, x_b, dt_b, c_b, c_c, c_k, w_c, w_k,
     s_b, s_h, s_p, s_n,
-    TAPS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
+    TAPS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
+    HB: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    # program (row, ROWS channels of one group). Every program computes its group's B and C from the
-    # conv state; the row's last program to finish (an atomic count) rolls that part of the state,
-    # which the others have read by then, and applies the gated norm, whose sums of squares span the
-    # row's group
+    # program (row, HB heads of one group). Every program computes its group's B and C from the conv
+    # state; the row's last program to finish (an atomic count) rolls that part of the state, which
+    # the others have read by then, and applies the gated norm, whose sums of squares span the row
     act = xbc_ptr.dtype.element_ty
     b = tl.program_id(0)
-    width = inner // G  # channels of a group (its heads x head dim)
-    per_group = tl.cdiv(width, ROWS)
-    g = tl.program_id(1) // per_group
-    ch = g * width + (tl.program_id(1) % per_group) * ROWS + tl.arange(0, ROWS)  # channel of x, z and y
-    mp = ch < (g + 1) * width
-    h, p = ch // P, ch % P
+    h0 = tl.program_id(1) * HB
+    g = h0 // heads_per_group
+    offs = tl.arange(0, HB * BLOCK_P)
+    h, p = h0 + offs // BLOCK_P, offs % BLOCK_P
+    mp = p < P
+    ch = h * P + p  # channel of x, z and y
     offs_n = tl.arange(0, BLOCK_N)
     mn = offs_n < N
     xb, cb = xbc_ptr + b * x_b, conv_ptr + b * c_b
@@ -215,31 +215,30 @@ def _mamba2_step_kernel(
     cv = _conv_taps(xb, cb, cw_ptr, cb_ptr, inner + (G + g) * N + offs_n, mn, c_c, c_k, w_c, w_k, TAPS, HAS_BIAS, False)
     cv = (cv * tl.sigmoid(cv)).to(act).to(tl.float32)
     # the SSD update, as _ssd_update_kernel
-    dt = _softplus(tl.load(dt_ptr + b * dt_b + h, mask=mp, other=0.0).to(tl.float32) + tl.load(dt_bias_ptr + h, mask=mp, other=0.0).to(tl.float32))
-    a = -tl.exp(tl.load(A_log_ptr + h, mask=mp, other=0.0).to(tl.float32))
+    dt = _softplus(tl.load(dt_ptr + b * dt_b + h).to(tl.float32) + tl.load(dt_bias_ptr + h).to(tl.float32))
+    a = -tl.exp(tl.load(A_log_ptr + h).to(tl.float32))
     m2 = mp[:, None] & mn[None, :]
     s_ptrs = state_ptr + b * s_b + h[:, None] * s_h + p[:, None] * s_p + offs_n[None, :] * s_n
     s = tl.load(s_ptrs, mask=m2, other=0.0).to(tl.float32)
     s = s * tl.exp(dt * a)[:, None] + (dt * u)[:, None] * bv[None, :]
+    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), mask=m2)
     y = tl.sum(s * cv[None, :], axis=1)
     if HAS_D:
-        y += u * tl.load(D_ptr + h, mask=mp, other=0.0).to(tl.float32)
-    # gate (in fp32, from y rounded as the SSD step returns it); the norm waits for the whole group
+        y += u * tl.load(D_ptr + h).to(tl.float32)
+    # gate (in fp32, from y rounded as the SSD step returns it); the norm waits for the whole row
     z = tl.load(z_ptr + b * z_b + ch, mask=mp, other=0.0).to(tl.float32)
     y = y.to(act).to(tl.float32) * (z * tl.sigmoid(z))
     tl.store(gated_ptr + b * inner + ch, y, mask=mp)
     tl.atomic_add(sumsq_ptr + b * G + g, tl.sum(tl.where(mp, y * y, 0.0)), sem="relaxed")
     tl.debug_barrier()  # every thread's stores issued before the count is released
-    done = tl.atomic_add(count_ptr + b, 1, sem="release")
-    # the new state is stored after the release, which then need not wait for it
-    tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), mask=m2)
-    if done == G * per_group - 1:
-        tl.atomic_add(count_ptr + b, 0, sem="acquire")  # the others' stores are visible from here
+    done = tl.atomic_add(count_ptr + b, 1, sem="acq_rel")
+    if done == inner // (HB * P) - 1:
         bc = inner + tl.arange(0, BLOCK_F)
         for start in range(0, 2 * G * N, BLOCK_F):
             _conv_taps(xb, cb, cw_ptr, cb_ptr, bc + start, bc + start < inner + 2 * G * N, c_c, c_k, w_c, w_k, TAPS, False, True)
+        width = inner // G
         for gg in range(G):
-            total = tl.atomic_add(sumsq_ptr + b * G + gg, 0.0, sem="relaxed")  # read at L2, not from L1
+            total = tl.atomic_add(sumsq_ptr + b * G + gg, 0.0, sem="acquire")  # read at L2, not from L1
             r = tl.rsqrt(total / width + eps)
             for start in range(0, width, BLOCK_F):
                 c2 = gg * width + start + tl.arange(0, BLOCK_F)
@@ -433,19 +432,22 @@ def mamba2_step_triton(z, xbc, dt, conv_state, conv_weight, conv_bias, ssm_state
 
     b, heads, p, n = ssm_state.shape
     inner, groups = heads * p, (xbc.shape[1] - heads * p) // (2 * n)
-    block_n = triton.next_power_of_2(n)
-    # (channels per program, num_warps); ABLATE_MAMBA2_STEP_CONFIG overrides. A program's channels lie
-    # in one group, whose B and C they share; the default tiles the state as _ssd_update_kernel does
-    rows, warps = env_ints("ABLATE_MAMBA2_STEP_CONFIG") or (max(16, min(triton.next_power_of_2(p), 4096 // block_n)), 4)
+    hpg = heads // groups
+    block_p, block_n = triton.next_power_of_2(p), triton.next_power_of_2(n)
+    # (heads per program, num_warps); ABLATE_MAMBA2_STEP_CONFIG overrides. Heads per program divide
+    # the heads of a group, so a program's heads share B and C
+    hb, warps = env_ints("ABLATE_MAMBA2_STEP_CONFIG") or (max(1, min(hpg, 8192 // (block_p * block_n))), 8)
+    while hpg % hb:
+        hb //= 2
     count, sumsq = _row_counts(z.device, b, groups)
     gated = torch.empty(b, inner, dtype=torch.float32, device=z.device)
     y = torch.empty(b, inner, dtype=torch.result_type(norm_weight, z), device=z.device)
-    _mamba2_step_kernel[(b, groups * triton.cdiv(inner // groups, rows))](
+    _mamba2_step_kernel[(b, heads // hb)](
         z, xbc, dt, conv_state, conv_weight, conv_bias if conv_bias is not None else conv_weight, ssm_state, A_log,
         D if D is not None else A_log, dt_bias, norm_weight, gated, sumsq, count, y,
-        inner, p, n, groups, eps,
+        inner, p, n, groups, hpg, eps,
         z.stride(0), xbc.stride(0), dt.stride(0), *conv_state.stride(), *conv_weight.stride(), *ssm_state.stride(),
         TAPS=conv_weight.shape[1], HAS_BIAS=conv_bias is not None, HAS_D=D is not None,
-        ROWS=rows, BLOCK_N=block_n, BLOCK_F=1024, num_warps=warps,
+        HB=hb, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_F=1024, num_warps=warps,
     )
     return y
