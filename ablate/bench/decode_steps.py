@@ -68,22 +68,6 @@ def mamba_step_inputs(shape: tuple, batch: int, device):
     return args, io
 
 
-def mamba2_step_inputs(shape: tuple, batch: int, device):
-    """The arguments of ``mamba2_step`` at one Mamba2 shape (kind, heads, head dim, d_state, groups):
-    in_proj's parts as views of one output, as the model passes them, and the bytes the step must
-    move (SSM and conv states read and written, inputs, output)."""
-    _, h, p, n, g = shape
-    bf = dict(device=device, dtype=torch.bfloat16)
-    inner, conv_dim, taps = h * p, h * p + 2 * g * n, 4
-    z, xbc, dt = torch.split(torch.randn(batch, inner + conv_dim + h, **bf), [inner, conv_dim, h], dim=-1)
-    state = torch.randn(batch, h, p, n, **bf) * 0.1
-    conv = torch.randn(batch, taps - 1, conv_dim, **bf).transpose(1, 2)
-    args = (z, xbc, dt, conv, torch.randn(conv_dim, taps, **bf) * 0.5, torch.randn(conv_dim, **bf), state,
-            torch.randn(h, device=device), torch.randn(h, **bf), torch.randn(h, **bf), torch.ones(inner, **bf), 1e-5)
-    io = 2 * state.numel() * 2 + 2 * conv.numel() * 2 + batch * (2 * inner + conv_dim + h) * 2
-    return args, io
-
-
 def conv_shapes() -> dict[tuple[int, int], list[str]]:
     """(conv channels, taps) -> the variants whose SSM layers have such a conv."""
     from ablate.bench.paper_suite import suite_entries
@@ -123,7 +107,7 @@ def main(batch: int = typer.Option(128, "--batch", help="sequences per decode st
         raise typer.BadParameter("needs a CUDA device (CPU parity: tests/test_cache.py)")
     from ablate.model.decode import conv_step
     from ablate.model.elementwise import fused_elementwise
-    from ablate.model.ssm import mamba2_step, mamba_step
+    from ablate.model.ssm import mamba_step
 
     config = os.environ.get("ABLATE_SSD_UPDATE_CONFIG", "default")
     print(f"batch {batch}, ABLATE_SSD_UPDATE_CONFIG={config}")
@@ -145,22 +129,8 @@ def main(batch: int = typer.Option(128, "--batch", help="sequences per decode st
         args, io = mamba_step_inputs(shape, batch, torch.device("cuda"))
         with fused_elementwise():
             ms = {impl: layers_ms(mamba_step, args, 3, impl) for impl in ("reference", "triton")}
-            diffs = _parity(mamba_step, args, 3)
+            diffs = _parity(args)
         print(f"| {shape[0]} x {shape[1]}, {shape[2]}, {'yes' if shape[3] else 'no'} | {ms['reference']:.4f} | {ms['triton']:.4f} | "
-              f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {diffs[0]:.1e} | {diffs[1]:.1e} | {', '.join(variants)} |")
-    print(f"\nMamba2 step after in_proj, ABLATE_MAMBA2_STEP_CONFIG={os.environ.get('ABLATE_MAMBA2_STEP_CONFIG', 'default')}: "
-          "the fused kernel vs the ops it replaces (conv step, state update, gated norm, each on its fast path), timed and\n"
-          "checked as the Mamba step above")
-    print("| heads x head dim x state (groups) | separate ops ms | fused ms | fused % of 3 TB/s | output diff | state diff | variants |")
-    print("|---|---|---|---|---|---|---|")
-    for shape, variants in ssm_shapes().items():
-        if shape[0] != "mamba2":
-            continue
-        args, io = mamba2_step_inputs(shape, batch, torch.device("cuda"))
-        with fused_elementwise():
-            ms = {impl: layers_ms(mamba2_step, args, 6, impl) for impl in ("reference", "triton")}
-            diffs = _parity(mamba2_step, args, 6)
-        print(f"| {shape[1]} x {shape[2]} x {shape[3]} ({shape[4]}) | {ms['reference']:.4f} | {ms['triton']:.4f} | "
               f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {diffs[0]:.1e} | {diffs[1]:.1e} | {', '.join(variants)} |")
     print(f"\nconv step, ABLATE_CONV_STEP_CONFIG={os.environ.get('ABLATE_CONV_STEP_CONFIG', 'default')}: "
           "the state tap-major (as the cache stores it) or channel-major, timed as the Mamba step above")
@@ -199,12 +169,14 @@ def layers_ms(fn, args, state_index: int, backend: str, l2_bytes: int = 50 * 2**
     return float(do_bench_cudagraph(step, rep=100, return_mode="median")) / copies
 
 
-def _parity(fn, args, state_index: int) -> tuple[float, float]:
-    """Both paths once from the same states: max |difference| / max |value| of output and new state."""
+def _parity(args) -> tuple[float, float]:
+    """Both paths once from the same state: max |difference| / max |value| of output and new state."""
+    from ablate.model.ssm import mamba_step
+
     results = []
     for impl in ("reference", "triton"):
         run = [a.clone() if torch.is_tensor(a) else a for a in args]
-        results.append((fn(*run, backend=impl).float(), run[state_index].float()))
+        results.append((mamba_step(*run, backend=impl).float(), run[3].float()))
     (y_ref, s_ref), (y, s) = results
     return ((y - y_ref).abs().max() / y_ref.abs().max()).item(), ((s - s_ref).abs().max() / s_ref.abs().max()).item()
 

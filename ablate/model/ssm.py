@@ -190,40 +190,6 @@ def mamba_step(u, dbc, z, ssm_state, dt_weight, dt_bias, A_log, D, norms, eps, b
     return _MAMBA_STEP.choose(backend, *args)(*args)
 
 
-def mamba2_step_ref(z, xbc, dt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, eps: float):
-    """A Mamba2 decode step after in_proj: the conv step (+ SiLU) on xBC, the SSD update and the gated
-    group norm. z (b, inner), xbc (b, inner + 2 g n), dt (b, heads): in_proj's parts; conv_state
-    (b, inner + 2 g n, k - 1) and ssm_state (b, heads, head_dim, n) are updated in place; the norm's
-    groups are B's and C's (g). Returns out_proj's input (b, inner)."""
-    b, heads, p, n = ssm_state.shape
-    groups = (xbc.shape[1] - heads * p) // (2 * n)
-    xbc = conv_step(xbc, conv_state, conv_weight, conv_bias)
-    x, B, C = torch.split(xbc, [heads * p, groups * n, groups * n], dim=-1)
-    y = ssd_state_update(ssm_state, x.reshape(b, heads, p), dt, A_log, B.reshape(b, groups, n), C.reshape(b, groups, n), D, dt_bias, True)
-    return gated_group_rms_norm(y.reshape(b, heads * p), z, norm_weight, groups, eps)
-
-
-def _mamba2_step_triton(*args):
-    from ablate.model.decode_triton import mamba2_step_triton
-
-    return mamba2_step_triton(*args)
-
-
-def _mamba2_step_fits(z, xbc, dt, conv_state, *rest) -> bool:
-    # the kernel indexes z, xbc and dt along contiguous channels, as in_proj's output gives them
-    return can_run(z, xbc, dt, conv_state) and all(t.stride(-1) == 1 for t in (z, xbc, dt))
-
-
-_MAMBA2_STEP = op("mamba2_step", mamba2_step_ref)
-_MAMBA2_STEP.register("triton", _mamba2_step_triton, _mamba2_step_fits)
-
-
-def mamba2_step(z, xbc, dt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, eps, backend=None):
-    """One Mamba2 decode step after in_proj, states updated in place; see ``mamba2_step_ref``."""
-    args = (z, xbc, dt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, eps)
-    return _MAMBA2_STEP.choose(backend, *args)(*args)
-
-
 class Mamba2Mixer(nn.Module):
     """Mamba2: in_proj -> (z, xBC, dt); conv + SiLU on xBC; SSD scan; gated group norm; out_proj."""
 
@@ -259,15 +225,26 @@ class Mamba2Mixer(nn.Module):
         step = ctx.cache is not None and l == 1  # a decode step: update the cached state in place
         state = _cached_state(ctx, self.layer, step)
         z, xbc, dt = torch.split(self.in_proj(_mask_padding(hidden, ctx)), [self.inner, self.conv_dim, self.num_heads], dim=-1)
-        if step:  # conv, SSD update and gated norm: one kernel on GPU
-            y = mamba2_step(
-                z[:, 0], xbc[:, 0], dt[:, 0], state[0], self.conv_weight, self.conv_bias, state[1],
-                self.A_log, self.D, self.dt_bias, self.norm.weight, self.norm.eps,
-            )
-            return self.out_proj(y.unsqueeze(1))
-        xbc, conv_state = causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
-        xbc = _mask_padding(xbc.transpose(1, 2), ctx)
+        if step:
+            xbc = conv_step(xbc[:, 0], state[0], self.conv_weight, self.conv_bias).unsqueeze(1)
+        else:
+            xbc, conv_state = causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
+            xbc = xbc.transpose(1, 2)
+        xbc = _mask_padding(xbc, ctx)
         x, B, C = torch.split(xbc, [self.inner, self.groups * self.state_size, self.groups * self.state_size], dim=-1)
+        if step:  # the step adds dt's bias, takes its softplus and the decay rate itself
+            y = ssd_state_update(
+                state[1],
+                x.reshape(b, self.num_heads, self.head_dim),
+                dt[:, 0],
+                self.A_log,
+                B.reshape(b, self.groups, self.state_size),
+                C.reshape(b, self.groups, self.state_size),
+                self.D,
+                self.dt_bias,
+                True,
+            )
+            return self.out_proj(self.norm(y.reshape(b, 1, self.inner), z))
         dt = softplus_dt(dt, self.dt_bias)
         y, ssm_state = ssd_scan(
             x.reshape(b, l, self.num_heads, self.head_dim),
