@@ -224,6 +224,18 @@ def test_decode_attention_matches_reference_over_a_ring(padded):
     torch.testing.assert_close(decode_attention(q, k, v, spec), attention_ref(q, k, v, spec))
 
 
+def test_conv_state_is_stored_tap_major():
+    """Callers see (batch, channels, taps - 1); the storage keeps each tap's channels contiguous, which
+    the conv step kernel's coalesced loads rely on."""
+    for name in ("table1-01-mamba", "table3-mamba2"):
+        config = resolve(name, "tiny").config
+        cache = AblateCache(config, 3, 8, torch.float32, "cpu")
+        conv = next(iter(cache.conv.values()))
+        channels = config.ssm_inner_size + (2 * config.ssm_n_groups * config.ssm_state_size if config.ssm_type == "mamba2" else 0)
+        assert conv.shape == (3, channels, config.ssm_conv_kernel - 1)
+        assert conv.stride() == ((config.ssm_conv_kernel - 1) * channels, 1, channels)
+
+
 def test_ssm_state_can_be_kept_wider_than_the_cache_dtype():
     config = resolve("table1-01-mamba", "tiny").config
     cache = AblateCache(config, 2, 8, torch.bfloat16, "cpu", ssm_state_dtype=torch.float32)

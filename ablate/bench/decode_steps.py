@@ -10,7 +10,8 @@ and output, % of the 3.0 TB/s the H100 measured. Launch configurations come from
 (``ABLATE_SSD_UPDATE_CONFIG="BLOCK_P,warps"``, ``ABLATE_CONV_STEP_CONFIG="BLOCK_C,warps"`` for the conv
 step, ``ABLATE_MAMBA_STEP_CONFIG="BLOCK_B,BLOCK_D,warps"`` for the fused Mamba step), so a shell loop
 sweeps them. The fused Mamba step (``mamba_step``: dt/B/C norms, dt's projection, decay and update in
-one kernel) is timed against the ops it replaces and checked against them at the paper's shapes.
+one kernel) is timed against the ops it replaces and checked against them at the paper's shapes. The
+conv step is timed with its state tap-major, as the cache stores it, and channel-major.
 """
 
 from __future__ import annotations
