@@ -131,6 +131,12 @@ class AblateConfig(PreTrainedConfig):
         return self.ssm_expand * self.hidden_size
 
     @property
+    def ssm_conv_channels(self) -> int:
+        """Channels of an SSM layer's causal conv: x (Mamba), or x, B and C (Mamba2)."""
+        extra = 2 * self.ssm_n_groups * self.ssm_state_size if self.ssm_type == "mamba2" else 0
+        return self.ssm_inner_size + extra
+
+    @property
     def resolved_dt_rank(self) -> int:
         return math.ceil(self.hidden_size / 16) if self.ssm_dt_rank == "auto" else int(self.ssm_dt_rank)
 

@@ -231,7 +231,7 @@ def test_conv_state_is_stored_tap_major():
         config = resolve(name, "tiny").config
         cache = AblateCache(config, 3, 8, torch.float32, "cpu")
         conv = next(iter(cache.conv.values()))
-        channels = config.ssm_inner_size + (2 * config.ssm_n_groups * config.ssm_state_size if config.ssm_type == "mamba2" else 0)
+        channels = config.ssm_conv_channels
         assert conv.shape == (3, channels, config.ssm_conv_kernel - 1)
         assert conv.stride() == ((config.ssm_conv_kernel - 1) * channels, 1, channels)
 

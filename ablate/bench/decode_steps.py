@@ -24,36 +24,34 @@ import typer
 from ablate.bench.kernels import HBM_BYTES_PER_S, time_ms
 
 
-def ssm_shapes() -> dict[tuple, list[str]]:
-    """(kind, heads or channels, head_dim, d_state, groups) -> the variants with such a layer."""
+def _shapes_of_ssm_layers(key) -> dict[tuple, list[str]]:
+    """key(config) -> the variants of the paper suite (paper scale) with SSM layers, grouped by key;
+    a key of None leaves the variant out."""
     from ablate.bench.paper_suite import suite_entries
     from ablate.registry import resolve
 
     shapes: dict[tuple, list[str]] = {}
     for name in suite_entries(anchors=False):
         c = resolve(name, "paper").config
-        if not c.has_ssm:
-            continue
-        if c.ssm_type == "mamba2":
-            key = ("mamba2", c.ssm_num_heads, c.ssm_head_dim, c.ssm_state_size, c.ssm_n_groups)
-        else:
-            key = ("mamba", c.ssm_inner_size, 1, c.ssm_state_size, 1)
-        shapes.setdefault(key, []).append(name)
+        if c.has_ssm and (k := key(c)) is not None:
+            shapes.setdefault(k, []).append(name)
     return shapes
+
+
+def ssm_shapes() -> dict[tuple, list[str]]:
+    """(kind, heads or channels, head_dim, d_state, groups) -> the variants with such a layer."""
+    return _shapes_of_ssm_layers(
+        lambda c: ("mamba2", c.ssm_num_heads, c.ssm_head_dim, c.ssm_state_size, c.ssm_n_groups)
+        if c.ssm_type == "mamba2"
+        else ("mamba", c.ssm_inner_size, 1, c.ssm_state_size, 1)
+    )
 
 
 def mamba_step_shapes() -> dict[tuple, list[str]]:
     """(channels, d_state, dt rank, dt/B/C norms) -> the variants whose Mamba layers have that shape."""
-    from ablate.bench.paper_suite import suite_entries
-    from ablate.registry import resolve
-
-    shapes: dict[tuple, list[str]] = {}
-    for name in suite_entries(anchors=False):
-        c = resolve(name, "paper").config
-        if c.has_ssm and c.ssm_type == "mamba":
-            key = (c.ssm_inner_size, c.ssm_state_size, c.resolved_dt_rank, c.ssm_dt_bc_norm)
-            shapes.setdefault(key, []).append(name)
-    return shapes
+    return _shapes_of_ssm_layers(
+        lambda c: (c.ssm_inner_size, c.ssm_state_size, c.resolved_dt_rank, c.ssm_dt_bc_norm) if c.ssm_type == "mamba" else None
+    )
 
 
 def mamba_step_inputs(shape: tuple, batch: int, device):
@@ -71,16 +69,7 @@ def mamba_step_inputs(shape: tuple, batch: int, device):
 
 def conv_shapes() -> dict[tuple[int, int], list[str]]:
     """(conv channels, taps) -> the variants whose SSM layers have such a conv."""
-    from ablate.bench.paper_suite import suite_entries
-    from ablate.registry import resolve
-
-    shapes: dict[tuple[int, int], list[str]] = {}
-    for name in suite_entries(anchors=False):
-        c = resolve(name, "paper").config
-        if c.has_ssm:
-            channels = c.ssm_inner_size + (2 * c.ssm_n_groups * c.ssm_state_size if c.ssm_type == "mamba2" else 0)
-            shapes.setdefault((channels, c.ssm_conv_kernel), []).append(name)
-    return shapes
+    return _shapes_of_ssm_layers(lambda c: (c.ssm_conv_channels, c.ssm_conv_kernel))
 
 
 def step_inputs(shape: tuple, batch: int, device):

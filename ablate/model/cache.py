@@ -421,11 +421,10 @@ def _ones(b: int, l: int, device) -> torch.Tensor:
 def _ssm_buffers(config: AblateConfig, batch: int, dtype, state_dtype, device):
     """(conv state (B, channels, kernel - 1), recurrent state) of one SSM layer, zeros."""
     if config.ssm_type == "mamba2":
-        channels = config.ssm_inner_size + 2 * config.ssm_n_groups * config.ssm_state_size
         shape = (batch, config.ssm_num_heads, config.ssm_head_dim, config.ssm_state_size)
     else:
-        channels = config.ssm_inner_size
         shape = (batch, config.ssm_inner_size, config.ssm_state_size)
+    channels = config.ssm_conv_channels
     # stored tap-major, seen as (B, channels, kernel - 1): the decode step's loads and stores of one
     # tap then run along contiguous channels
     conv = torch.zeros(batch, config.ssm_conv_kernel - 1, channels, dtype=dtype, device=device).transpose(1, 2)

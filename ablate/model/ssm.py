@@ -200,7 +200,7 @@ class Mamba2Mixer(nn.Module):
         self.inner, self.state_size, self.groups = inner, n, g
         self.num_heads, self.head_dim = config.ssm_num_heads, config.ssm_head_dim
         self.chunk_size = config.ssm_chunk_size
-        self.conv_dim = inner + 2 * g * n
+        self.conv_dim = config.ssm_conv_channels
         self.in_proj = nn.Linear(config.hidden_size, inner + self.conv_dim + self.num_heads, bias=config.ssm_bias)
         self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, config.ssm_conv_kernel))
         self.conv_bias = nn.Parameter(torch.zeros(self.conv_dim)) if config.ssm_conv_bias else None
