@@ -130,9 +130,6 @@ def _ssd_update_kernel(
     s_ptrs = state_ptr + b * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
     s = tl.load(s_ptrs, mask=m2, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + b * x_b + h * x_h + offs_p * x_p, mask=mp, other=0.0).to(tl.float32)
-    if GATED:  # loaded with the state, not after it: their latency hides behind its
-        z = tl.load(z_ptr + b * z_b + h * z_h + offs_p * z_p, mask=mp, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + h * P + offs_p, mask=mp, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + b * dt_b + h * dt_h).to(tl.float32)
     if HAS_DT_BIAS:
         dt += tl.load(dt_bias_ptr + h).to(tl.float32)
@@ -147,9 +144,10 @@ def _ssd_update_kernel(
     if HAS_D:
         y += x * tl.load(D_ptr + h).to(tl.float32)
     if GATED:  # Mamba2's gated norm but for its row scale: weight * y * silu(z), and this program's sum of squares
+        z = tl.load(z_ptr + b * z_b + h * z_h + offs_p * z_p, mask=mp, other=0.0).to(tl.float32)
         y = y.to(y_ptr.dtype.element_ty).to(tl.float32) * (z * tl.sigmoid(z))  # y rounded as the unfused step returns it
         tl.store(sumsq_ptr + b * heads * tl.num_programs(1) + h * tl.num_programs(1) + tl.program_id(1), tl.sum(y * y))
-        y *= w
+        y *= tl.load(w_ptr + h * P + offs_p, mask=mp, other=0.0).to(tl.float32)
     tl.store(y_ptr + b * y_b + h * y_h + offs_p * y_p, y.to(y_ptr.dtype.element_ty), mask=mp)
 
 
@@ -296,12 +294,10 @@ def add_row_scaled_rms_norm_triton(x, value, sumsq, width, scale_eps, weight, ep
     rows, values, sums = x.reshape(-1, d), value.reshape(-1, d), sumsq.reshape(-1, sumsq.shape[-1])
     total = torch.empty_like(rows)
     out = torch.empty(rows.shape, dtype=torch.result_type(x, weight), device=x.device)
-    # ABLATE_ADD_ROW_SCALED_NORM_CONFIG="warps" overrides (decode_profile runs compare them)
-    (warps,) = env_ints("ABLATE_ADD_ROW_SCALED_NORM_CONFIG") or (4 if d <= 2048 else 8,)
     _add_row_scaled_rms_norm_kernel[(rows.shape[0],)](
         rows, values, sums, weight, total, out, d, sums.shape[1], width, scale_eps, eps,
         rows.stride(0), values.stride(0), sums.stride(0), total.stride(0), out.stride(0),
-        BLOCK=triton.next_power_of_2(d), BLOCK_PARTS=triton.next_power_of_2(sums.shape[1]), num_warps=warps,
+        BLOCK=triton.next_power_of_2(d), BLOCK_PARTS=triton.next_power_of_2(sums.shape[1]), num_warps=4 if d <= 2048 else 8,
     )
     return total.view(x.shape), out.view(x.shape)
 
