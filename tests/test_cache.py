@@ -292,8 +292,7 @@ import torch
 import torch.nn.functional as F
 from ablate.model.decode import conv_step_ref, segment_rms_norm_ref, selective_state_update_ref, ssd_state_update_gated_ref, ssd_state_update_ref
 from ablate.model.decode_triton import conv_step_triton, segment_rms_norm_triton, selective_state_update_triton, ssd_state_update_gated_triton, ssd_state_update_triton
-from ablate.model.layers import add_row_scaled_rms_norm_ref, rms_norm
-from ablate.model.decode_triton import add_row_scaled_rms_norm_triton
+from ablate.model.layers import rms_norm
 from ablate.model.ssm import mamba_step_ref
 from ablate.model.decode_triton import mamba_step_triton
 
@@ -351,14 +350,6 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
         ref = conv_step_ref(x, ref_state, w, bias_arg, activation)
         torch.testing.assert_close(conv_step_triton(x, state, w, bias_arg, activation), ref, atol=tol, rtol=tol)
         torch.testing.assert_close(state, ref_state, atol=0, rtol=0)  # the roll moves values, no arithmetic
-
-    # the next norm applying a RowScaled delta's scale with its residual add: a width past one
-    # power of two, 6 partial sums
-    x, value, sq = torch.randn(b, 1, 300, device=device, dtype=dtype), torch.randn(b, 1, 300, device=device, dtype=dtype) * 5, torch.rand(b, 1, 6, device=device) * 40
-    w = torch.randn(300, device=device, dtype=dtype)
-    want = add_row_scaled_rms_norm_ref(x, value, sq, 24, 1e-5, w, 1e-6)
-    for got, ref in zip(add_row_scaled_rms_norm_triton(x, value, sq, 24, 1e-5, w, 1e-6), want):
-        torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
 
     # dt, B, C norms of Hymba's SSM heads: three segments of one row, widths not powers of two
     x = torch.randn(b, 1, 5 + 3 + 3, device=device, dtype=dtype) * 3
@@ -439,20 +430,20 @@ def test_decode_through_the_fused_mamba_step_matches_full_forward(monkeypatch, n
 
 
 def test_decode_through_the_gated_ssd_kernel_matches_full_forward(monkeypatch):
-    """Mamba2's decode step with the SSD kernel doing the gated norm but for its scale and the next
-    norm's kernel applying the scale (both under the interpreter on CPU): token-by-token logits equal
-    one full forward, and the kernels are the ones that ran."""
+    """Mamba2's decode step with the SSD kernel doing the gated norm but for its scale (under the
+    interpreter on CPU), and the next norm applying the scale: token-by-token logits equal one full
+    forward, and the kernel is the one that ran."""
     pytest.importorskip("triton", reason="triton is not installed: the fused decode steps are optional")
     from kernel_support import use_interpreter
 
-    from ablate.model import decode, layers
+    from ablate.model import decode
 
     use_interpreter(monkeypatch, "ablate.model.decode_triton", "_ssd_update_kernel", ABLATE_SSD_UPDATE_CONFIG="4,4")
     for prefill_op in ("SSD", "CONV1D"):  # prefill stays on the reference: faster here
         monkeypatch.setenv(f"ABLATE_{prefill_op}_BACKEND", "reference")
-    ran, normed = [], []
-    for op_, log in ((decode._SSD_GATED_STEP, ran), (layers._ADD_ROW_SCALED_NORM, normed)):
-        monkeypatch.setattr(op_, "fast_paths", {k: (_recording(fn, log), ok) for k, (fn, ok) in op_.fast_paths.items()})
+    ran = []
+    fast = decode._SSD_GATED_STEP.fast_paths
+    monkeypatch.setattr(decode._SSD_GATED_STEP, "fast_paths", {k: (_recording(fn, ran), ok) for k, (fn, ok) in fast.items()})
     torch.manual_seed(0)
     model = build_model(resolve("table3-mamba2-ffn", "tiny")).eval()
     ids = torch.randint(0, model.config.vocab_size, (2, 9))
@@ -460,7 +451,7 @@ def test_decode_through_the_gated_ssd_kernel_matches_full_forward(monkeypatch):
         full = model(ids).logits
     stepped, _ = _decode(model, ids, [5])
     torch.testing.assert_close(stepped, full, atol=TOL, rtol=TOL)
-    assert len(ran) == len(normed) == 4 * model.config.num_hidden_layers  # every layer of every step
+    assert len(ran) == 4 * model.config.num_hidden_layers  # every layer of every step
 
 
 def _recording(fn, ran):

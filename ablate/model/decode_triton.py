@@ -83,30 +83,6 @@ def _segment_rms_norm_kernel(
 
 
 @triton.jit
-def _add_row_scaled_rms_norm_kernel(
-    x_ptr, v_ptr, sq_ptr, w_ptr, sum_ptr, y_ptr, width, parts, scale_width, scale_eps, eps,
-    x_row, v_row, sq_row, sum_row, y_row,
-    BLOCK: tl.constexpr, BLOCK_PARTS: tl.constexpr,
-):
-    # one row: its scale from the partial sums of squares, the residual add, the next RMSNorm (the
-    # two reductions of different lengths that inductor would compile into two kernels)
-    row = tl.program_id(0)
-    offs_q = tl.arange(0, BLOCK_PARTS)
-    sq = tl.load(sq_ptr + row * sq_row + offs_q, mask=offs_q < parts, other=0.0)
-    scale = tl.rsqrt(tl.sum(sq) / scale_width + scale_eps)
-    offs = tl.arange(0, BLOCK)
-    m = offs < width
-    x = tl.load(x_ptr + row * x_row + offs, mask=m, other=0.0)
-    delta = (tl.load(v_ptr + row * v_row + offs, mask=m, other=0.0).to(tl.float32) * scale).to(x.dtype)
-    total = (x.to(tl.float32) + delta.to(tl.float32)).to(x.dtype)  # the stream keeps its dtype, as the unfused add
-    tl.store(sum_ptr + row * sum_row + offs, total, mask=m)
-    t = total.to(tl.float32)
-    normed = (t * tl.rsqrt(tl.sum(t * t) / width + eps)).to(x.dtype)  # as rms_norm rounds
-    y = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32) * normed.to(tl.float32)
-    tl.store(y_ptr + row * y_row + offs, y.to(y_ptr.dtype.element_ty), mask=m)
-
-
-@triton.jit
 def _ssd_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_log_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, y_ptr, z_ptr, w_ptr, sumsq_ptr,
     heads, P, N, heads_per_group,
@@ -284,22 +260,6 @@ def segment_rms_norm_triton(x, weights, eps):
         S0=sizes[0], S1=sizes[1], S2=sizes[2], BLOCK=triton.next_power_of_2(sum(sizes)),
     )
     return out.view(*x.shape[:-1], x.shape[-1])
-
-
-def add_row_scaled_rms_norm_triton(x, value, sumsq, width, scale_eps, weight, eps):
-    """Same contract as ``ablate.model.layers.add_row_scaled_rms_norm``."""
-    import torch
-
-    d = x.shape[-1]
-    rows, values, sums = x.reshape(-1, d), value.reshape(-1, d), sumsq.reshape(-1, sumsq.shape[-1])
-    total = torch.empty_like(rows)
-    out = torch.empty(rows.shape, dtype=torch.result_type(x, weight), device=x.device)
-    _add_row_scaled_rms_norm_kernel[(rows.shape[0],)](
-        rows, values, sums, weight, total, out, d, sums.shape[1], width, scale_eps, eps,
-        rows.stride(0), values.stride(0), sums.stride(0), total.stride(0), out.stride(0),
-        BLOCK=triton.next_power_of_2(d), BLOCK_PARTS=triton.next_power_of_2(sums.shape[1]), num_warps=4 if d <= 2048 else 8,
-    )
-    return total.view(x.shape), out.view(x.shape)
 
 
 def ssd_state_update_triton(state, x, dt, A_log, B, C, D=None, dt_bias=None, dt_softplus=False):

@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.kernels.backend import op
-from ablate.kernels.triton.support import can_run
 from ablate.model.elementwise import fusable
 
 
@@ -30,32 +28,12 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps
 
 
 @fusable
-def add_row_scaled_rms_norm_ref(
+def add_row_scaled_rms_norm(
     x: torch.Tensor, value: torch.Tensor, sumsq: torch.Tensor, width: int, scale_eps: float, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``add_rms_norm`` of a ``RowScaled`` delta, its scale applied first."""
+    """``add_rms_norm`` of a ``RowScaled`` delta: its scale applied, the add and the norm in one kernel when fused."""
     scale = torch.rsqrt(sumsq.sum(-1, keepdim=True) / width + scale_eps)
     return add_rms_norm.reference(x, (value.float() * scale).to(value.dtype), weight, eps)
-
-
-def _add_row_scaled_rms_norm_triton(*args):
-    from ablate.model.decode_triton import add_row_scaled_rms_norm_triton
-
-    return add_row_scaled_rms_norm_triton(*args)
-
-
-# one Triton kernel on GPU: compiled, the sum of the parts and the norm were two (inductor does not
-# fuse reductions of different lengths)
-_ADD_ROW_SCALED_NORM = op("add_row_scaled_rms_norm", add_row_scaled_rms_norm_ref)
-_ADD_ROW_SCALED_NORM.register(
-    "triton", _add_row_scaled_rms_norm_triton, lambda x, value, sumsq, *rest: x.shape[-1] <= 8192 and can_run(x, value, sumsq)
-)
-
-
-def add_row_scaled_rms_norm(x, value, sumsq, width, scale_eps, weight, eps, backend=None):
-    """(x + value * rsqrt(sum(sumsq) / width + scale_eps), rms_norm of that sum); see ``RowScaled``."""
-    args = (x, value, sumsq, width, scale_eps, weight, eps)
-    return _ADD_ROW_SCALED_NORM.choose(backend, *args)(*args)
 
 
 @dataclass(frozen=True)
