@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from ablate.bench.accounting import cache_bytes
 from ablate.kernels import MaskSpec, attention_ref, causal_conv1d_ref, selective_scan_ref, ssd_scan_sequential_ref
 from ablate.model.cache import AblateCache, meta_seed
-from ablate.model.decode import conv_step, decode_attention, selective_state_update, ssd_state_update, ssd_state_update_gated
-from ablate.model.ssm import gated_group_rms_norm
+from ablate.model.decode import conv_step, decode_attention, selective_state_update, ssd_state_update
 from ablate.model.static_decode import StaticGreedyDecoder
 from ablate.registry import build_model, resolve, variant_names
 
@@ -211,47 +210,6 @@ def test_ssd_state_update_matches_sequential_ref():
     torch.testing.assert_close(state, ref_state)
 
 
-def test_gated_ssd_step_leaves_the_norm_only_its_row_scale():
-    """The SSD step with Mamba2's gated norm but for its scale: scaling its output by rsqrt(mean of
-    the returned squares + eps) gives the step followed by the whole norm."""
-    b, h, p, n, eps = 3, 4, 5, 6, 1e-5
-    x, z, dt = torch.randn(b, h, p), torch.randn(b, h, p) * 2, torch.randn(b, h)
-    A_log, B, C, D, bias = torch.randn(h), torch.randn(b, 1, n), torch.randn(b, 1, n), torch.randn(h), torch.randn(h)
-    weight, h0 = torch.randn(h * p), torch.randn(b, h, p, n)
-    state = h0.clone()
-    y = ssd_state_update(state, x, dt, A_log, B, C, D, bias, True)
-    want = gated_group_rms_norm(y.reshape(b, h * p), z.reshape(b, h * p), weight, 1, eps)
-    gated_state = h0.clone()
-    u, sumsq = ssd_state_update_gated(gated_state, x, dt, A_log, B, C, D, bias, True, z, weight.view(h, p))
-    got = u.reshape(b, h * p) * torch.rsqrt(sumsq.sum(-1, keepdim=True) / (h * p) + eps)
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(gated_state, state)
-
-
-@pytest.mark.parametrize("groups, bias, folded", [(1, False, True), (2, False, False), (1, True, False)])
-def test_mamba2_step_leaves_the_norm_scale_to_the_next_norm_only_where_exact(groups, bias, folded):
-    """A Mamba2 decode step hands on (out_proj of the unscaled rows, their squares) only when the norm
-    is one group and out_proj has no bias, where the scale commutes with out_proj; token-by-token
-    logits equal one full forward either way."""
-    from ablate.model.layers import RowScaled
-    from ablate.model.ssm import Mamba2Mixer
-
-    torch.manual_seed(0)
-    model = build_model(resolve("table3-mamba2-ffn", "tiny", overrides={"ssm_n_groups": groups, "ssm_bias": bias})).eval()
-    config = model.config
-    outputs = []
-    for layer in model.modules():
-        if isinstance(layer, Mamba2Mixer):
-            layer.register_forward_hook(lambda module, args, out: outputs.append(out))
-    ids = torch.randint(0, config.vocab_size, (2, 9))
-    with torch.no_grad():
-        full = model(ids).logits
-    stepped, _ = _decode(model, ids, [5])
-    torch.testing.assert_close(stepped, full, atol=TOL, rtol=TOL)
-    steps = outputs[-config.num_hidden_layers :]  # the last decode step's
-    assert all(isinstance(out, RowScaled) == folded for out in steps)
-
-
 @pytest.mark.parametrize("padded", [False, True])
 def test_decode_attention_matches_reference_over_a_ring(padded):
     """GQA, a window, meta tokens, slots out of order and (optionally) invalid slots."""
@@ -290,8 +248,8 @@ TRITON_CHECK = r"""
 import os
 import torch
 import torch.nn.functional as F
-from ablate.model.decode import conv_step_ref, segment_rms_norm_ref, selective_state_update_ref, ssd_state_update_gated_ref, ssd_state_update_ref
-from ablate.model.decode_triton import conv_step_triton, segment_rms_norm_triton, selective_state_update_triton, ssd_state_update_gated_triton, ssd_state_update_triton
+from ablate.model.decode import conv_step_ref, segment_rms_norm_ref, selective_state_update_ref, ssd_state_update_ref
+from ablate.model.decode_triton import conv_step_triton, segment_rms_norm_triton, selective_state_update_triton, ssd_state_update_triton
 from ablate.model.layers import rms_norm
 from ablate.model.ssm import mamba_step_ref
 from ablate.model.decode_triton import mamba_step_triton
@@ -314,17 +272,6 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
     raw[0, 0] = 25.0  # past softplus's threshold
     ref = ssd_state_update_ref(ref_state, x, F.softplus(raw + dt_bias), A_log, B, C, D)
     torch.testing.assert_close(ssd_state_update_triton(state, x, raw, A_log, B, C, D, dt_bias, True), ref, atol=tol, rtol=tol)
-    torch.testing.assert_close(state, ref_state, atol=tol, rtol=tol)
-    # with the gated norm but for its scale: the sums of squares come in parts, one per program (two
-    # per head here: head_dim 6 over blocks of 4); their sum is what counts
-    z, norm_w = torch.randn(b, 1, h * p + 2, device=device, dtype=dtype)[:, 0, : h * p].view(b, h, p), torch.randn(h, p, device=device, dtype=dtype)
-    ref_u, ref_sq = ssd_state_update_gated_ref(ref_state, x, raw, A_log, B, C, D, dt_bias, True, z, norm_w)
-    os.environ["ABLATE_SSD_UPDATE_CONFIG"] = "4,4"
-    u, sq = ssd_state_update_gated_triton(state, x, raw, A_log, B, C, D, dt_bias, True, z, norm_w)
-    del os.environ["ABLATE_SSD_UPDATE_CONFIG"]
-    assert sq.shape == (b, 2 * h) and sq.dtype == torch.float32
-    torch.testing.assert_close(u, ref_u, atol=tol, rtol=tol)
-    torch.testing.assert_close(sq.sum(-1, keepdim=True), ref_sq, atol=tol, rtol=tol)
     torch.testing.assert_close(state, ref_state, atol=tol, rtol=tol)
 
     b, d, n = 3, 10, 6
@@ -427,31 +374,6 @@ def test_decode_through_the_fused_mamba_step_matches_full_forward(monkeypatch, n
     stepped, _ = _decode(model, ids, [5])
     torch.testing.assert_close(stepped, full, atol=TOL, rtol=TOL)
     assert len(ran) == 4 * model.config.num_hidden_layers  # every SSM layer of every step
-
-
-def test_decode_through_the_gated_ssd_kernel_matches_full_forward(monkeypatch):
-    """Mamba2's decode step with the SSD kernel doing the gated norm but for its scale (under the
-    interpreter on CPU), and the next norm applying the scale: token-by-token logits equal one full
-    forward, and the kernel is the one that ran."""
-    pytest.importorskip("triton", reason="triton is not installed: the fused decode steps are optional")
-    from kernel_support import use_interpreter
-
-    from ablate.model import decode
-
-    use_interpreter(monkeypatch, "ablate.model.decode_triton", "_ssd_update_kernel", ABLATE_SSD_UPDATE_CONFIG="4,4")
-    for prefill_op in ("SSD", "CONV1D"):  # prefill stays on the reference: faster here
-        monkeypatch.setenv(f"ABLATE_{prefill_op}_BACKEND", "reference")
-    ran = []
-    fast = decode._SSD_GATED_STEP.fast_paths
-    monkeypatch.setattr(decode._SSD_GATED_STEP, "fast_paths", {k: (_recording(fn, ran), ok) for k, (fn, ok) in fast.items()})
-    torch.manual_seed(0)
-    model = build_model(resolve("table3-mamba2-ffn", "tiny")).eval()
-    ids = torch.randint(0, model.config.vocab_size, (2, 9))
-    with torch.no_grad():
-        full = model(ids).logits
-    stepped, _ = _decode(model, ids, [5])
-    torch.testing.assert_close(stepped, full, atol=TOL, rtol=TOL)
-    assert len(ran) == 4 * model.config.num_hidden_layers  # every layer of every step
 
 
 def _recording(fn, ran):

@@ -11,8 +11,7 @@ and output, % of the 3.0 TB/s the H100 measured. Launch configurations come from
 step, ``ABLATE_MAMBA_STEP_CONFIG="BLOCK_B,BLOCK_D,warps"`` for the fused Mamba step), so a shell loop
 sweeps them. The fused Mamba step (``mamba_step``: dt/B/C norms, dt's projection, decay and update in
 one kernel) is timed against the ops it replaces and checked against them at the paper's shapes. The
-conv step is timed with its state tap-major, as the cache stores it, and channel-major; Mamba2's
-state update followed by its gated norm against the update that does the norm but for its row scale.
+conv step is timed with its state tap-major, as the cache stores it, and channel-major.
 """
 
 from __future__ import annotations
@@ -123,23 +122,6 @@ def main(batch: int = typer.Option(128, "--batch", help="sequences per decode st
             diffs = _parity(args)
         print(f"| {shape[0]} x {shape[1]}, {shape[2]}, {'yes' if shape[3] else 'no'} | {ms['reference']:.4f} | {ms['triton']:.4f} | "
               f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {diffs[0]:.1e} | {diffs[1]:.1e} | {', '.join(variants)} |")
-    print("\nMamba2's gated norm (one group): the state update, then the norm compiled, vs the update doing the norm but for its\n"
-          "row scale (left to the next norm's residual add); timed as the Mamba step above, max |difference| over max |value| of the\n"
-          "normalized output")
-    print("| heads x head dim x state | update + norm ms | gated update ms | output diff | variants |")
-    print("|---|---|---|---|---|")
-    for (kind, h, p, n, g), variants in ssm_shapes().items():
-        if kind != "mamba2" or g != 1:
-            continue
-        _, args, _ = step_inputs((kind, h, p, n, g), batch, torch.device("cuda"))
-        bf = dict(device="cuda", dtype=torch.bfloat16)
-        args = (*args, torch.randn(h, device="cuda"), torch.randn(batch, h, p, **bf), 1 + 0.1 * torch.randn(h, p, **bf))
-        with fused_elementwise():
-            ms = {path: layers_ms(fn, args, 0, "triton") for path, fn in (("separate", _update_then_norm), ("gated", _gated_update))}
-            ref = _update_then_norm(*[a.clone() if torch.is_tensor(a) else a for a in args], backend="triton").float()
-            got = _gated_update(*[a.clone() if torch.is_tensor(a) else a for a in args], backend="triton", scaled=True).float()
-        diff = ((got - ref).abs().max() / ref.abs().max()).item()
-        print(f"| {h} x {p} x {n} | {ms['separate']:.4f} | {ms['gated']:.4f} | {diff:.1e} | {', '.join(variants)} |")
     print(f"\nconv step, ABLATE_CONV_STEP_CONFIG={os.environ.get('ABLATE_CONV_STEP_CONFIG', 'default')}: "
           "the state tap-major (as the cache stores it) or channel-major, timed as the Mamba step above")
     print("| channels x taps | state layout | reference ms | Triton ms | Triton % of 3 TB/s | variants |")
@@ -157,26 +139,6 @@ def main(batch: int = typer.Option(128, "--batch", help="sequences per decode st
             ms = {impl: layers_ms(conv_step, args, 1, impl) for impl in ("reference", "triton")}
             print(f"| {channels} x {taps} | {layout} | {ms['reference']:.4f} | {ms['triton']:.4f} | "
                   f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {', '.join(variants)} |")
-
-
-_NORM_EPS = 1e-5
-
-
-def _update_then_norm(state, x, dt, A_log, B, C, D, dt_bias, z, weight, backend):
-    from ablate.model.decode import ssd_state_update
-    from ablate.model.ssm import gated_group_rms_norm
-
-    y = ssd_state_update(state, x, dt, A_log, B, C, D, dt_bias, True, backend=backend)
-    return gated_group_rms_norm(y.flatten(1), z.flatten(1), weight.flatten(), 1, _NORM_EPS)
-
-
-def _gated_update(state, x, dt, A_log, B, C, D, dt_bias, z, weight, backend, scaled=False):
-    from ablate.model.decode import ssd_state_update_gated
-
-    u, sumsq = ssd_state_update_gated(state, x, dt, A_log, B, C, D, dt_bias, True, z, weight, backend=backend)
-    if not scaled:
-        return u
-    return u.flatten(1).float() * torch.rsqrt(sumsq.sum(-1, keepdim=True) / u[0].numel() + _NORM_EPS)
 
 
 def layers_ms(fn, args, state_index: int, backend: str, l2_bytes: int = 50 * 2**20) -> float:

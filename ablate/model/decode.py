@@ -134,29 +134,6 @@ def ssd_state_update_ref(
     return y.to(dtype)
 
 
-def ssd_state_update_gated_ref(
-    state: torch.Tensor,
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A_log: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    dt_softplus: bool,
-    z: torch.Tensor,
-    norm_weight: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The SSD step (``ssd_state_update_ref``) and Mamba2's gated norm over one group but for its row
-    scale: with g = y * silu(z) (z: (b, h, p)), returns ``norm_weight`` (h, p) * g in x's dtype and
-    the sum of g² over the row's channels, (b, parts) in fp32 (parts: 1 here, one per program in the
-    kernel; their sum is what counts). The norm's scale rsqrt(mean g² + eps) is one number per row,
-    so it commutes with the output projection: the caller applies it after, with the residual add
-    (``ablate.model.layers.RowScaled``), and the norm costs no kernel of its own."""
-    g = ssd_state_update_ref(state, x, dt, A_log, B, C, D, dt_bias, dt_softplus).float() * F.silu(z.float())
-    return (norm_weight.float() * g).to(x.dtype), g.pow(2).sum((1, 2)).unsqueeze(-1)
-
-
 def _decode_attention_triton(q, k, v, spec: MaskSpec, scale=None):
     from ablate.kernels.triton.decode_attention import decode_attention_triton
 
@@ -194,12 +171,6 @@ def _ssd_triton(*args):
     return ssd_state_update_triton(*args)
 
 
-def _ssd_gated_triton(*args):
-    from ablate.model.decode_triton import ssd_state_update_gated_triton
-
-    return ssd_state_update_gated_triton(*args)
-
-
 _DECODE_ATTENTION = op("decode_attention", decode_attention_ref)
 # auto takes the kernel wherever it runs: it reads every 8k cache of the paper shapes at 85-99% of the
 # H100's bandwidth (reports/bench-h100/decode_attention.md), while SDPA reads grouped heads at 66-79%
@@ -216,8 +187,6 @@ _SELECTIVE_STEP = op("selective_state_update", selective_state_update_ref)
 _SELECTIVE_STEP.register("triton", _selective_triton, lambda state, u, *rest: can_run(state, u))
 _SSD_STEP = op("ssd_state_update", ssd_state_update_ref)
 _SSD_STEP.register("triton", _ssd_triton, lambda state, x, *rest: can_run(state, x))
-_SSD_GATED_STEP = op("ssd_state_update_gated", ssd_state_update_gated_ref)
-_SSD_GATED_STEP.register("triton", _ssd_gated_triton, lambda state, x, *rest: can_run(state, x))
 
 
 def decode_attention(q, k, v, spec: MaskSpec, scale: float | None = None, backend=None) -> torch.Tensor:
@@ -251,9 +220,3 @@ def ssd_state_update(state, x, dt, A_log, B, C, D=None, dt_bias=None, dt_softplu
     """One Mamba2 step, state updated in place; see ``ssd_state_update_ref``."""
     args = (state, x, dt, A_log, B, C, D, dt_bias, dt_softplus)
     return _SSD_STEP.choose(backend, *args)(*args)
-
-
-def ssd_state_update_gated(state, x, dt, A_log, B, C, D, dt_bias, dt_softplus, z, norm_weight, backend=None):
-    """One Mamba2 step and its gated norm but for the row scale; see ``ssd_state_update_gated_ref``."""
-    args = (state, x, dt, A_log, B, C, D, dt_bias, dt_softplus, z, norm_weight)
-    return _SSD_GATED_STEP.choose(backend, *args)(*args)

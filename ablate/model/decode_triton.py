@@ -84,7 +84,7 @@ def _segment_rms_norm_kernel(
 
 @triton.jit
 def _ssd_update_kernel(
-    state_ptr, x_ptr, dt_ptr, A_log_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, y_ptr, z_ptr, w_ptr, sumsq_ptr,
+    state_ptr, x_ptr, dt_ptr, A_log_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, y_ptr,
     heads, P, N, heads_per_group,
     s_b, s_h, s_p, s_n,
     x_b, x_h, x_p,
@@ -92,9 +92,7 @@ def _ssd_update_kernel(
     B_b, B_g, B_n,
     C_b, C_g, C_n,
     y_b, y_h, y_p,
-    z_b, z_h, z_p,
-    HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATED: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b, h = pid // heads, pid % heads
@@ -119,11 +117,6 @@ def _ssd_update_kernel(
     y = tl.sum(s * cv[None, :], axis=1)
     if HAS_D:
         y += x * tl.load(D_ptr + h).to(tl.float32)
-    if GATED:  # Mamba2's gated norm but for its row scale: weight * y * silu(z), and this program's sum of squares
-        z = tl.load(z_ptr + b * z_b + h * z_h + offs_p * z_p, mask=mp, other=0.0).to(tl.float32)
-        y = y.to(y_ptr.dtype.element_ty).to(tl.float32) * (z * tl.sigmoid(z))  # y rounded as the unfused step returns it
-        tl.store(sumsq_ptr + b * heads * tl.num_programs(1) + h * tl.num_programs(1) + tl.program_id(1), tl.sum(y * y))
-        y *= tl.load(w_ptr + h * P + offs_p, mask=mp, other=0.0).to(tl.float32)
     tl.store(y_ptr + b * y_b + h * y_h + offs_p * y_p, y.to(y_ptr.dtype.element_ty), mask=mp)
 
 
@@ -264,15 +257,6 @@ def segment_rms_norm_triton(x, weights, eps):
 
 def ssd_state_update_triton(state, x, dt, A_log, B, C, D=None, dt_bias=None, dt_softplus=False):
     """Same contract as ``ablate.model.decode.ssd_state_update``."""
-    return _ssd_update(state, x, dt, A_log, B, C, D, dt_bias, dt_softplus)[0]
-
-
-def ssd_state_update_gated_triton(state, x, dt, A_log, B, C, D, dt_bias, dt_softplus, z, norm_weight):
-    """Same contract as ``ablate.model.decode.ssd_state_update_gated``."""
-    return _ssd_update(state, x, dt, A_log, B, C, D, dt_bias, dt_softplus, z, norm_weight)
-
-
-def _ssd_update(state, x, dt, A_log, B, C, D, dt_bias, dt_softplus, z=None, norm_weight=None):
     import torch
 
     b, heads, p = x.shape
@@ -283,17 +267,14 @@ def _ssd_update(state, x, dt, A_log, B, C, D, dt_bias, dt_softplus, z=None, norm
     # (BLOCK_P, num_warps); ABLATE_SSD_UPDATE_CONFIG overrides (ablate.bench.decode_steps sweeps it)
     block_p, warps = env_ints("ABLATE_SSD_UPDATE_CONFIG") or (max(1, min(triton.next_power_of_2(p), 4096 // block_n)), 4)
     grid = (b * heads, triton.cdiv(p, block_p))
-    gated = z is not None
-    sumsq = torch.empty(b, heads * grid[1], dtype=torch.float32, device=x.device) if gated else None
     _ssd_update_kernel[grid](
         state, x, dt, A_log, B, C, D if D is not None else A_log, dt_bias if dt_bias is not None else A_log, y,
-        z if gated else x, norm_weight.contiguous() if gated else A_log, sumsq if gated else A_log,
         heads, p, n, heads // groups,
-        *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(), *(z if gated else x).stride(),
-        HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, GATED=gated,
-        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps,
+        *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
+        HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, BLOCK_P=block_p, BLOCK_N=block_n,
+        num_warps=warps,
     )
-    return y, sumsq
+    return y
 
 
 def mamba_step_triton(u, dbc, z, ssm_state, dt_weight, dt_bias, A_log, D, norms, eps):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,33 +26,6 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps
 
 
 @fusable
-def add_row_scaled_rms_norm(
-    x: torch.Tensor, value: torch.Tensor, sumsq: torch.Tensor, width: int, scale_eps: float, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``add_rms_norm`` of a ``RowScaled`` delta: its scale applied, the add and the norm in one kernel when fused."""
-    scale = torch.rsqrt(sumsq.sum(-1, keepdim=True) / width + scale_eps)
-    return add_rms_norm.reference(x, (value.float() * scale).to(value.dtype), weight, eps)
-
-
-@dataclass(frozen=True)
-class RowScaled:
-    """A sublayer output that still owes its rows an RMS scale: value * rsqrt(sum(sumsq) / width + eps).
-
-    Mamba2's gated norm over one group multiplies each row by one number, which commutes with the
-    output projection after it (out_proj(r * u) = r * out_proj(u) without a bias): its decode step
-    hands the projection the unscaled rows and the partial sums of squares, and the next norm applies
-    the scale with its residual add (``RMSNorm.after_add``), so the gated norm needs no kernel."""
-
-    value: torch.Tensor  # (b, l, d)
-    sumsq: torch.Tensor  # (b, l, parts), fp32: partial sums of squares; their sum counts
-    width: int  # the channels the sums ran over
-    eps: float
-
-    def __getitem__(self, index) -> "RowScaled":
-        return RowScaled(self.value[index], self.sumsq[index], self.width, self.eps)
-
-
-@fusable
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up of the packed projection (gate, up)."""
     gate, up = gate_up.chunk(2, dim=-1)
@@ -70,13 +41,11 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps)
 
-    def after_add(self, x: torch.Tensor, delta: "torch.Tensor | RowScaled | None") -> tuple[torch.Tensor, torch.Tensor]:
+    def after_add(self, x: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x + delta, norm(x + delta)), x itself when there is no delta: the residual stream and
         the normalized input of the sublayer that reads it."""
         if delta is None:
             return x, self(x)
-        if isinstance(delta, RowScaled):
-            return add_row_scaled_rms_norm(x, delta.value, delta.sumsq, delta.width, delta.eps, self.weight, self.eps)
         return add_rms_norm(x, delta, self.weight, self.eps)
 
 

@@ -18,9 +18,9 @@ from ablate.kernels import causal_conv1d, selective_scan, ssd_scan
 from ablate.kernels.backend import op
 from ablate.kernels.triton.support import can_run
 from ablate.model.context import ForwardContext
-from ablate.model.decode import conv_step, segment_rms_norm, selective_state_update, ssd_state_update, ssd_state_update_gated
+from ablate.model.decode import conv_step, segment_rms_norm, selective_state_update, ssd_state_update
 from ablate.model.elementwise import fusable
-from ablate.model.layers import RMSNorm, RowScaled
+from ablate.model.layers import RMSNorm
 
 
 def _mask_padding(x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -191,10 +191,7 @@ def mamba_step(u, dbc, z, ssm_state, dt_weight, dt_bias, A_log, D, norms, eps, b
 
 
 class Mamba2Mixer(nn.Module):
-    """Mamba2: in_proj -> (z, xBC, dt); conv + SiLU on xBC; SSD scan; gated group norm; out_proj.
-
-    A decode step with the norm over one group (and no out_proj bias) returns ``RowScaled``: the
-    norm's row scale is left to the next norm's residual add."""
+    """Mamba2: in_proj -> (z, xBC, dt); conv + SiLU on xBC; SSD scan; gated group norm; out_proj."""
 
     def __init__(self, config: AblateConfig, layer: int):
         super().__init__()
@@ -223,7 +220,7 @@ class Mamba2Mixer(nn.Module):
         if self.conv_bias is not None:
             self.conv_bias.zero_()
 
-    def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor | RowScaled:
+    def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         b, l, _ = hidden.shape
         step = ctx.cache is not None and l == 1  # a decode step: update the cached state in place
         state = _cached_state(ctx, self.layer, step)
@@ -236,7 +233,7 @@ class Mamba2Mixer(nn.Module):
         xbc = _mask_padding(xbc, ctx)
         x, B, C = torch.split(xbc, [self.inner, self.groups * self.state_size, self.groups * self.state_size], dim=-1)
         if step:  # the step adds dt's bias, takes its softplus and the decay rate itself
-            args = (
+            y = ssd_state_update(
                 state[1],
                 x.reshape(b, self.num_heads, self.head_dim),
                 dt[:, 0],
@@ -247,10 +244,7 @@ class Mamba2Mixer(nn.Module):
                 self.dt_bias,
                 True,
             )
-            if self.groups == 1 and self.out_proj.bias is None:  # the norm's row scale waits past out_proj
-                u, sumsq = ssd_state_update_gated(*args, z.reshape(b, self.num_heads, self.head_dim), self.norm.weight.view(self.num_heads, -1))
-                return RowScaled(self.out_proj(u.reshape(b, 1, self.inner)), sumsq.unsqueeze(1), self.inner, self.norm.eps)
-            return self.out_proj(self.norm(ssd_state_update(*args).reshape(b, 1, self.inner), z))
+            return self.out_proj(self.norm(y.reshape(b, 1, self.inner), z))
         dt = softplus_dt(dt, self.dt_bias)
         y, ssm_state = ssd_scan(
             x.reshape(b, l, self.num_heads, self.head_dim),
