@@ -181,6 +181,10 @@ def test_report_cli(root, tmp_path):
     res = CliRunner().invoke(app, ["report", str(root), "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r" / "table1.md").exists()
+    assert (tmp_path / "r" / "README.md").read_text().startswith(f"# Report: {root.name}\n")
+    res = CliRunner().invoke(app, ["report", str(root), "--out", str(tmp_path / "r"), "--title", "Report: sweep x (regenerated)"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r" / "README.md").read_text().startswith("# Report: sweep x (regenerated)\n")
     res = CliRunner().invoke(app, ["report", str(tmp_path / "empty-root-that-does-not-exist")])
     assert res.exit_code == 2 and "no such run root" in res.output
 

@@ -8,6 +8,7 @@ Every file is written atomically; files a previous report wrote that this one no
 from __future__ import annotations
 
 import io
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,7 @@ def make_report(root: Path, out: Path, title: str | None = None, command: str | 
     report.figures = figures
 
     # README with provenance, then the manifest; stale files of the previous report go last
-    command = command or " ".join(["ablate" if i == 0 else a for i, a in enumerate(sys.argv)])
+    command = command or shlex.join(["ablate", *sys.argv[1:]])  # quoted: a --title with spaces stays one argument
     text = readme(
         title=title or f"Report: {root.name}",
         root=root,

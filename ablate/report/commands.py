@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", "-o", help="the report folder (default: reports/<name of RUN_ROOT>)"),
         bench: Path = typer.Option(None, "--bench", help="a folder of bench JSON files (one per variant, e.g. reports/bench-h100 at the paper's scale): "
                                    "the throughput of runs that have no bench.json of their own"),
+        title: str = typer.Option(None, "--title", help="the report's heading (default: 'Report: ' and the run root's name)"),
     ):
         """Tables shaped as the paper's Table 1 and Table 3 (ours beside the paper's, Markdown + CSV), the
         Figure 9 trade-off plots, the needle heatmap and loss curves, and a README with provenance."""
@@ -31,7 +32,7 @@ def register(app: typer.Typer) -> None:
         if not root.exists():
             fail(f"{root}: no such run root (run `ablate sweep NAME` first, or pass the folder holding the run directories)")
         try:
-            rep = make_report(root, out or default_out(root), bench_dir=bench)
+            rep = make_report(root, out or default_out(root), title=title, bench_dir=bench)
         except RunDirError as e:
             fail(str(e))
         for w in rep.warnings:
