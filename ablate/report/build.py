@@ -42,6 +42,7 @@ def make_report(root: Path, out: Path, title: str | None = None, command: str | 
     """``bench_dir``: throughput for the runs without their own bench.json, from the bench files of
     their variants there (e.g. measured at the paper's scale)."""
     root, out = Path(root), Path(out)
+    sha = git_sha()  # before writing: a report regenerated into its committed folder is not the code's dirt
     report = Report(out)
     runs = load_runs(root, report.warnings)
     if not runs:
@@ -100,7 +101,7 @@ def make_report(root: Path, out: Path, title: str | None = None, command: str | 
         title=title or f"Report: {root.name}",
         root=root,
         command=command,
-        git_sha=git_sha(),
+        git_sha=sha,
         runs=runs,
         tables=list(report.tables.values()),
         figures={Path(n).stem.replace("_", " "): n for n in figures},
@@ -114,7 +115,7 @@ def make_report(root: Path, out: Path, title: str | None = None, command: str | 
         previous = list(read_json(out / MANIFEST).get("files", []))
     except (RunDirError, AttributeError):
         pass
-    write_json_atomic(out / MANIFEST, {"root": str(root), "command": command, "git_sha": git_sha(), "files": written, "runs": [r.name for r in runs]})
+    write_json_atomic(out / MANIFEST, {"root": str(root), "command": command, "git_sha": sha, "files": written, "runs": [r.name for r in runs]})
     for stale in set(previous) - set(written):
         if "/" not in stale and stale != MANIFEST:
             (out / stale).unlink(missing_ok=True)
