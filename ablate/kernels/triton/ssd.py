@@ -32,13 +32,13 @@ or fp32 operands in IEEE mode (Triton's default for fp32 is tf32, too coarse for
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from ablate.kernels.triton.interpreter_compat import patch_when_interpreting
+from ablate.kernels.triton.support import interpreting_on_cpu
 
 patch_when_interpreting()  # CPU tests: fixes to triton 3.6's interpreter
 
@@ -763,4 +763,4 @@ def available(x, *args) -> bool:
     (ABLATE_TRITON_ON_CPU=1 with TRITON_INTERPRET=1)."""
     if x.is_cuda:
         return x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-    return os.environ.get("ABLATE_TRITON_ON_CPU") == "1" and os.environ.get("TRITON_INTERPRET") == "1"
+    return interpreting_on_cpu()
