@@ -32,7 +32,6 @@ or fp32 operands in IEEE mode (Triton's default for fp32 is tf32, too coarse for
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl

@@ -7,12 +7,13 @@ Linear's weight, side by side with none, A B A B.
 
 from __future__ import annotations
 
-import statistics
 import sys
 
 import torch
 import triton
 import triton.language as tl
+
+from timing import events_ms, graph_of, paper_model, prefill_one_row
 
 @triton.jit
 def _prefetch_kernel(ptr, nbytes, sink_ptr, CHUNK: tl.constexpr, LANES: tl.constexpr, MODE: tl.constexpr, LINE: tl.constexpr):
@@ -56,31 +57,6 @@ def prefetch_l2(t: torch.Tensor, mode: int = 1, chunk: int = 16384, lanes: int =
     _prefetch_kernel[(grid,)](b, n, sink, CHUNK=chunk, LANES=lanes, MODE=mode, LINE=128, num_warps=1)
 
 
-def events_ms(fn, reps=30):
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
-    return statistics.median(ts[5:])
-
-
-def graph_of(fn):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g
-
-
 def part1():
     """Per GEMM shape: L layers of [flush-ish streaming kernel, (prefetch W), sleep, GEMM] replayed."""
     print("## Part 1: GEMM after a 64 MB streaming pass; weight cold / prefetched (modes) / hot\n")
@@ -121,8 +97,8 @@ def part1():
             if mode is not None and mode != "hot":
                 gp = graph_of(lambda: [(junk.add_(1), prefetch_l2(w, mode), torch.cuda._sleep(20000)) for w in ws])
                 gb = gp
-            t = events_ms(g.replay)
-            tb = events_ms(gb.replay)
+            t = events_ms(g.replay, reps=30)
+            tb = events_ms(gb.replay, reps=30)
             outs[label] = (t - tb) / L * 1e3
         mb = n * k * 2 / 1e6
         print(f"| {n} x {k} | {mb:.1f} | {outs['cold']:.1f} | {outs['bulk']:.1f} | {outs['bulk_el']:.1f} | {outs['line']:.1f} | {outs['hot']:.1f} |")
@@ -131,17 +107,11 @@ def part1():
 
 
 def part2(variants, caps_mb=(None, 24), modes=(1,)):
-    from ablate.bench.kernels import HBM_BYTES_PER_S
-    from ablate.bench.targets import resolve_target
-    from ablate.bench.throughput import weight_bytes
-    from ablate.model.cache import AblateCache, meta_seed
     from ablate.model.static_decode import StaticGreedyDecoder
 
     print("## Part 2: decode step (graph replay, ms, median of 40), prefetching the next Linear's weight\n")
     for name in variants:
-        model = resolve_target(name, "paper").build(torch.bfloat16, "cuda")
-        cache = AblateCache.for_model(model, 128, 8192 + 64, torch.bfloat16, "cuda")
-        seed = meta_seed(model, torch.bfloat16, "cuda") if model.config.num_meta_tokens else None
+        model, cache, seed, floor = paper_model(name, 128, 8192 + 64)
         prompts = torch.randint(0, model.config.vocab_size, (1, 8192), device="cuda")
 
         linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -153,18 +123,12 @@ def part2(variants, caps_mb=(None, 24), modes=(1,)):
             dec.step()
         for h in hs:
             h.remove()
-        floor = (weight_bytes(model) + cache.nbytes()) / HBM_BYTES_PER_S * 1e3
 
         def timed(setup_hooks):
             hooks = setup_hooks()
             cache.reset(seed)
             dec = StaticGreedyDecoder(model, cache, use_graph=True)
-            with torch.no_grad():
-                cache.reset(seed)
-                view = cache.rows(0, 1)
-                model(input_ids=prompts, past_key_values=view, logits_to_keep=1)
-                cache.adopt(view)
-                cache.fill_rows_from(1)
+            prefill_one_row(model, cache, seed, prompts)
             ms = events_ms(dec.step, reps=45)
             for h in hooks:
                 h.remove()

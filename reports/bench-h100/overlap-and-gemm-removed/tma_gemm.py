@@ -7,13 +7,14 @@ batch its N side; K optionally split over programs, the tile's last program addi
 from __future__ import annotations
 
 import itertools
-import statistics
 import sys
 
 import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
+
+from timing import events_ms, graph_of
 
 
 @triton.jit
@@ -65,30 +66,6 @@ class WX:
                               *self.y.stride(), BM=bm, BN=bn, BK=bk, SPLITS=splits, STAGES=stages, num_warps=warps)
 
 
-def events_ms(fn, reps=25):
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
-    return statistics.median(ts[5:])
-
-
-def graph_of(fn):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g
-
-
 SHAPES = [(8512, 2048), (2048, 4096), (11008, 2048), (2048, 5504), (4096, 1024), (1024, 2048), (6016, 1024), (5632, 1024), (1024, 2816)]
 
 
@@ -116,8 +93,8 @@ def main(shapes):
         x = torch.randn(128, k, **bf)
         ys = [torch.empty(128, n, **bf) for _ in range(L)]
         ref = torch.nn.functional.linear(x, ws[0])
-        g = graph_of(lambda: [torch.nn.functional.linear(x, w, out=None) for w in ws])
-        t_cublas = events_ms(g.replay) / L * 1e3
+        g = graph_of(lambda: [torch.nn.functional.linear(x, w, out=None) for w in ws], warmup=1)
+        t_cublas = events_ms(g.replay, reps=25) / L * 1e3
         del g
         results = []
         for cfg in configs(n, k):
@@ -126,8 +103,8 @@ def main(shapes):
                 runs[0]()
                 torch.cuda.synchronize()
                 err = ((ys[0].float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-                g = graph_of(lambda: [r() for r in runs])
-                t = events_ms(g.replay) / L * 1e3
+                g = graph_of(lambda: [r() for r in runs], warmup=1)
+                t = events_ms(g.replay, reps=25) / L * 1e3
                 del g
                 results.append((t, cfg, err))
             except Exception as e:  # noqa: BLE001 - resource limits for some configs

@@ -8,42 +8,18 @@ the groups stay close in time).
 
 from __future__ import annotations
 
-import statistics
 import sys
 
 import torch
 
-
-def events_ms(fn, reps=40):
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
-    return statistics.median(ts[5:])
+from timing import events_ms, graph_of, paper_model, prefill_one_row
 
 
 def run(name, groups_list=(1, 2, 4), batch=128, keys=8192):
-    from ablate.bench.kernels import HBM_BYTES_PER_S
-    from ablate.bench.targets import resolve_target
-    from ablate.bench.throughput import weight_bytes
-    from ablate.model.cache import AblateCache, meta_seed
     from ablate.model.elementwise import fused_elementwise
 
-    model = resolve_target(name, "paper").build(torch.bfloat16, "cuda")
-    cache = AblateCache.for_model(model, batch, keys + 512, torch.bfloat16, "cuda")
-    seed = meta_seed(model, torch.bfloat16, "cuda") if model.config.num_meta_tokens else None
-    floor = (weight_bytes(model) + cache.nbytes()) / HBM_BYTES_PER_S * 1e3
-    prompts = torch.randint(0, model.config.vocab_size, (1, keys), device="cuda")
-    with torch.no_grad():
-        cache.reset(seed)
-        view = cache.rows(0, 1)
-        model(input_ids=prompts, past_key_values=view, logits_to_keep=1)
-        cache.adopt(view)
-        cache.fill_rows_from(1)
+    model, cache, seed, floor = paper_model(name, batch, keys + 512)
+    prefill_one_row(model, cache, seed, torch.randint(0, model.config.vocab_size, (1, keys), device="cuda"))
     cache.static_decode = True
     tokens = torch.randint(0, model.config.vocab_size, (batch, 1), device="cuda")
     print(f"### {name}: floor {floor:.3f} ms\n")
@@ -76,23 +52,14 @@ def run(name, groups_list=(1, 2, 4), batch=128, keys=8192):
             for s in streams:
                 cur.wait_stream(s)
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            body()
-            body()
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            body()
-        return g
+        return graph_of(body)
 
     rows = []
     for rep in range(2):
         for k in groups_list:
             for parallel in ((False,) if k == 1 else (False, True)):
                 g = build(k, parallel)
-                ms = events_ms(g.replay)
+                ms = events_ms(g.replay, reps=40)
                 rows.append((k, parallel, rep, ms))
                 del g
     for k in groups_list:
