@@ -331,6 +331,21 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
         else:
             assert err(got, exact) <= 2 * err(ref, exact) + 1e-3, (err(got, exact), err(ref, exact))
             assert err(got_state, exact_state) <= 2 * err(ref_state, exact_state) + 1e-3
+
+    # the FFN's gate/up projection with its SiLU gate: F = 40 features over tiles of 32 (a gate tile
+    # past F reads up's rows, masked), K = 72 over blocks of 32 (the descriptors pad the last), 1, 5
+    # and 3 x 7 rows
+    from ablate.kernels.triton.swiglu import gate_up_silu_triton
+    from ablate.model.layers import gate_up_silu_ref
+    os.environ["ABLATE_GATE_UP_CONFIG"] = "32,32,2,4"
+    w = torch.randn(80, 72, device=device, dtype=dtype) / 72**0.5
+    for shape in ((1, 72), (5, 72), (3, 7, 72)):
+        x = torch.randn(*shape, device=device, dtype=dtype)
+        ref = gate_up_silu_ref(x, w)
+        got = gate_up_silu_triton(x, w)
+        assert got.shape == ref.shape == (*shape[:-1], 40) and got.dtype == dtype
+        torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+    del os.environ["ABLATE_GATE_UP_CONFIG"]
 print("ok")
 """
 
@@ -374,6 +389,36 @@ def test_decode_through_the_fused_mamba_step_matches_full_forward(monkeypatch, n
     stepped, _ = _decode(model, ids, [5])
     torch.testing.assert_close(stepped, full, atol=TOL, rtol=TOL)
     assert len(ran) == 4 * model.config.num_hidden_layers  # every SSM layer of every step
+
+
+@pytest.mark.parametrize("name", ["table3-mamba2-ffn", "table1-06-llama"])
+def test_decode_through_the_fused_gate_up_matches_full_forward(monkeypatch, name):
+    """The FFN's gate/up projection and SiLU gate as one Triton kernel (under the interpreter on
+    CPU): prefill and token-by-token decode through it give the logits of a full forward through the
+    reference, and it ran in every FFN of every call."""
+    pytest.importorskip("triton", reason="triton is not installed: the fused decode steps are optional")
+    from kernel_support import use_interpreter
+
+    from ablate.model import layers
+
+    use_interpreter(monkeypatch, "ablate.kernels.triton.swiglu", "_gate_up_silu_kernel", ABLATE_GATE_UP_CONFIG="16,16,2,4")
+    for prefill_op in ("SSD", "CONV1D", "ATTENTION"):  # prefill stays on the reference: faster here
+        monkeypatch.setenv(f"ABLATE_{prefill_op}_BACKEND", "reference")
+    ran = []
+    fast = layers._GATE_UP_SILU.fast_paths
+    monkeypatch.setattr(layers._GATE_UP_SILU, "fast_paths", {k: (_recording(fn, ran), ok) for k, (fn, ok) in fast.items()})
+    torch.manual_seed(0)
+    model = build_model(resolve(name, "tiny", overrides={"num_hidden_layers": 2})).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        monkeypatch.setenv("ABLATE_GATE_UP_SILU_BACKEND", "reference")
+        full = model(ids).logits
+        monkeypatch.delenv("ABLATE_GATE_UP_SILU_BACKEND")
+    assert not ran
+    stepped, _ = _decode(model, ids, [5])
+    torch.testing.assert_close(stepped, full, atol=TOL, rtol=TOL)
+    ffns = sum(isinstance(m, layers.SwiGLU) for m in model.modules())
+    assert ffns == 2 and len(ran) == 5 * ffns  # the prefill and four steps
 
 
 def _recording(fn, ran):

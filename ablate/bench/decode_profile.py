@@ -1,8 +1,9 @@
 """Where a decode step's time goes: the GPU kernels of one step of a paper-scale variant.
 
-    python -m ablate.bench.decode_profile VARIANT [VARIANT ...] [--batch 128] [--keys 8192] [--backends auto,reference]
+    python -m ablate.bench.decode_profile VARIANT [VARIANT ...] [--batch 128] [--keys 8192] [--op decode_attention] [--backends auto,reference]
 
-For each variant and each decode-attention backend (``ABLATE_DECODE_ATTENTION_BACKEND``): one row is
+For each variant and each backend of one op (``ABLATE_<OP>_BACKEND``; decode attention unless
+``--op`` names another, e.g. ``gate_up_silu``; a backend listed twice runs twice, alternated): one row is
 prefilled with ``keys`` random tokens and copied into every row, as ``ablate bench`` does when its
 prefill budget runs out (``--prefill-rows``: more rows prefilled, 8 per forward; SDPA has picked a
 different kernel for the same step after a full prefill). The step runs as one CUDA-graph replay
@@ -21,18 +22,24 @@ import typer
 from ablate.bench.kernels import HBM_BYTES_PER_S
 
 
-def profile_variant(name: str, batch: int, keys: int, backend: str, **kwargs) -> dict:
-    """One variant's decode step with decode attention on ``backend`` (auto | reference | triton);
-    the environment is as it was afterwards."""
-    saved = os.environ.get("ABLATE_DECODE_ATTENTION_BACKEND")
-    os.environ["ABLATE_DECODE_ATTENTION_BACKEND"] = backend
+def profile_variant(name: str, batch: int, keys: int, backend: str, op: str = "decode_attention", **kwargs) -> dict:
+    """One variant's decode step with ``op`` on ``backend`` (auto | reference | triton); the
+    environment is as it was afterwards."""
+    import ablate.model.lm  # noqa: F401 - registers every op of the model
+    from ablate.kernels.backend import OPS
+
+    if op not in OPS:
+        raise typer.BadParameter(f"unknown op {op!r}; known: {', '.join(sorted(OPS))}", param_hint="--op")
+    var = f"ABLATE_{op.upper()}_BACKEND"
+    saved = os.environ.get(var)
+    os.environ[var] = backend
     try:
         return _profile(name, batch, keys, backend, **kwargs)
     finally:
         if saved is None:
-            os.environ.pop("ABLATE_DECODE_ATTENTION_BACKEND")
+            os.environ.pop(var)
         else:
-            os.environ["ABLATE_DECODE_ATTENTION_BACKEND"] = saved
+            os.environ[var] = saved
 
 
 def _profile(name: str, batch: int, keys: int, backend: str, steps: int = 3, top: int = 12, scale: str = "paper", device: str = "cuda",
@@ -104,7 +111,8 @@ def main(
     variants: list[str] = typer.Argument(..., help="paper-scale variants to profile"),
     batch: int = typer.Option(128, "--batch"),
     keys: int = typer.Option(8192, "--keys", help="tokens already in the cache"),
-    backends: str = typer.Option("auto,reference", "--backends", help="decode-attention backends, comma-separated"),
+    op: str = typer.Option("decode_attention", "--op", help="the op whose backends are compared (ABLATE_<OP>_BACKEND)"),
+    backends: str = typer.Option("auto,reference", "--backends", help="the op's backends, comma-separated, in the order run"),
     scale: str = typer.Option("paper", "--scale"),
     device: str = typer.Option("cuda", "--device", help="cuda | cpu (cpu: a smoke run, CPU op times, no graph)"),
     prefill_rows: int = typer.Option(1, "--prefill-rows", help="rows prefilled with their own prompts (8 per forward); the rest copy them"),
@@ -112,11 +120,11 @@ def main(
     """Profile one decode step per variant and backend (see module docstring)."""
     for name in variants:
         for backend in backends.split(","):
-            r = profile_variant(name, batch, keys, backend, scale=scale, device=device, prefill_rows=prefill_rows)
+            r = profile_variant(name, batch, keys, backend, op, scale=scale, device=device, prefill_rows=prefill_rows)
             if device == "cuda":
                 torch.cuda.empty_cache()  # the variant's weights and cache went with the call
             graph = f"graph step {r['graph_ms']:.3f} ms ({100 * r['floor_ms'] / r['graph_ms']:.0f}% of the bound), " if r["graph_ms"] else ""
-            print(f"\n## {name}, decode attention {backend}: {graph}floor {r['floor_ms']:.3f} ms; eager kernel time {r['eager_gpu_ms']:.3f} ms")
+            print(f"\n## {name}, {op.replace('_', ' ')} {backend}: {graph}floor {r['floor_ms']:.3f} ms; eager kernel time {r['eager_gpu_ms']:.3f} ms")
             for k in r["kernels"]:
                 print(f"  {k['ms_per_step']:8.3f} ms  x{k['calls_per_step']:<4} {k['name']}")
 

@@ -1,4 +1,4 @@
-"""The SSM decode steps at the paper's shapes: how close the fused state updates come to the bandwidth.
+"""The fused decode steps at the paper's shapes: how close the SSM state updates (and the FFN's gate) come to the bandwidth.
 
     python -m ablate.bench.decode_steps [--batch 128]
 
@@ -11,7 +11,10 @@ and output, % of the 3.0 TB/s the H100 measured. Launch configurations come from
 step, ``ABLATE_MAMBA_STEP_CONFIG="BLOCK_B,BLOCK_D,warps"`` for the fused Mamba step), so a shell loop
 sweeps them. The fused Mamba step (``mamba_step``: dt/B/C norms, dt's projection, decay and update in
 one kernel) is timed against the ops it replaces and checked against them at the paper's shapes. The
-conv step is timed with its state tap-major, as the cache stores it, and channel-major.
+conv step is timed with its state tap-major, as the cache stores it, and channel-major. The FFN's
+gate/up projection with its SiLU gate in one kernel (``gate_up_silu``) is timed against cuBLAS and
+the compiled gate, ``ABLATE_GATE_UP_CONFIG="BM,BK,stages,warps"`` for its launch; ``--only-ffn``
+runs that section alone.
 """
 
 from __future__ import annotations
@@ -91,10 +94,23 @@ def step_inputs(shape: tuple, batch: int, device):
     return selective_state_update, args, io
 
 
-def main(batch: int = typer.Option(128, "--batch", help="sequences per decode step (the paper's protocol)")):
-    """Time the fused SSM state updates at every SSM shape of the paper-scale variants."""
+def main(
+    batch: int = typer.Option(128, "--batch", help="sequences per decode step (the paper's protocol)"),
+    only_ffn: bool = typer.Option(False, "--only-ffn", help="only the FFN gate/up section"),
+    gate_up_configs: str = typer.Option("", "--gate-up-configs", help='launch sweep of the FFN section, "BM,BK,stages,warps;..."'),
+):
+    """Time the fused decode steps at every SSM and FFN shape of the paper-scale variants."""
     if not torch.cuda.is_available():
         raise typer.BadParameter("needs a CUDA device (CPU parity: tests/test_cache.py)")
+    if only_ffn:
+        for config in gate_up_configs.split(";") if gate_up_configs else [os.environ.get("ABLATE_GATE_UP_CONFIG", "")]:
+            if config:
+                os.environ["ABLATE_GATE_UP_CONFIG"] = config
+            try:
+                _gate_up_section(batch)
+            except Exception as e:  # noqa: BLE001 - a sweep goes on past a configuration that does not fit
+                print(f"<!-- {config}: {type(e).__name__}: {str(e)[:160]} -->")
+        return
     from ablate.model.decode import conv_step
     from ablate.model.elementwise import fused_elementwise
     from ablate.model.ssm import mamba_step
@@ -139,6 +155,41 @@ def main(batch: int = typer.Option(128, "--batch", help="sequences per decode st
             ms = {impl: layers_ms(conv_step, args, 1, impl) for impl in ("reference", "triton")}
             print(f"| {channels} x {taps} | {layout} | {ms['reference']:.4f} | {ms['triton']:.4f} | "
                   f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {', '.join(variants)} |")
+    _gate_up_section(batch)
+
+
+def ffn_shapes() -> dict[tuple[int, int], list[str]]:
+    """(hidden, intermediate) -> the variants of the paper suite with SwiGLU FFNs of that shape."""
+    from ablate.bench.paper_suite import suite_entries
+    from ablate.registry import resolve
+
+    shapes: dict[tuple[int, int], list[str]] = {}
+    for name in suite_entries(anchors=False):
+        c = resolve(name, "paper").config
+        if c.has_attention or c.ffn:  # every block but a bare SSM block has an FFN
+            shapes.setdefault((c.hidden_size, c.intermediate_size), []).append(name)
+    return shapes
+
+
+def _gate_up_section(batch: int) -> None:
+    from ablate.model.elementwise import fused_elementwise
+    from ablate.model.layers import gate_up_silu
+
+    print(f"\nFFN gate/up projection and SiLU gate, ABLATE_GATE_UP_CONFIG={os.environ.get('ABLATE_GATE_UP_CONFIG', 'default')}: "
+          "cuBLAS + the compiled gate (reference) vs one Triton kernel, timed as CUDA-graph replays over copies\n"
+          "of the weight larger than L2 (as a model's layers each bring their own); % of 3 TB/s counts the weight, the input and the output once; diff: max |difference| over max |value|")
+    print("| hidden x intermediate | weight MB | reference ms | Triton ms | Triton % of 3 TB/s | diff | variants |")
+    print("|---|---|---|---|---|---|---|")
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    for (hidden, inter), variants in ffn_shapes().items():
+        x, w = torch.randn(batch, 1, hidden, **bf), torch.randn(2 * inter, hidden, **bf) * hidden**-0.5
+        io = (w.numel() + x.numel() + batch * inter) * 2
+        with fused_elementwise():
+            ms = {impl: layers_ms(gate_up_silu, (x, w), 1, impl) for impl in ("reference", "triton")}
+            ref, got = (gate_up_silu(x, w, backend=impl).float() for impl in ("reference", "triton"))
+        diff = ((got - ref).abs().max() / ref.abs().max()).item()
+        print(f"| {hidden} x {inter} | {w.numel() * 2 / 1e6:.1f} | {ms['reference']:.4f} | {ms['triton']:.4f} | "
+              f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {diff:.1e} | {', '.join(variants)} |")
 
 
 def layers_ms(fn, args, state_index: int, backend: str, l2_bytes: int = 50 * 2**20) -> float:

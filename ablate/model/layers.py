@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ablate.kernels.backend import op
+from ablate.kernels.triton.support import can_run
 from ablate.model.elementwise import fusable
 
 
@@ -30,6 +32,39 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up of the packed projection (gate, up)."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def gate_up_silu_ref(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of the packed gate/up projection (weight: gate's rows, then up's)."""
+    return silu_mul(F.linear(x, weight))
+
+
+def _gate_up_silu_triton(x, weight):
+    from ablate.kernels.triton.swiglu import gate_up_silu_triton
+
+    return gate_up_silu_triton(x, weight)
+
+
+def _gate_up_silu_available(x, weight) -> bool:
+    # inference only (the kernel has no backward), and not inside a compiled graph (training compiles
+    # the model; the reference is what it traces)
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return False
+    if not can_run(x, weight):
+        return False
+    from ablate.kernels.triton.swiglu import supported
+
+    return supported(x, weight)
+
+
+_GATE_UP_SILU = op("gate_up_silu", gate_up_silu_ref)
+_GATE_UP_SILU.register("triton", _gate_up_silu_triton, _gate_up_silu_available)
+
+
+def gate_up_silu(x: torch.Tensor, weight: torch.Tensor, backend=None) -> torch.Tensor:
+    """silu(gate) * up; at decode (few rows, GPU) one kernel with the projection
+    (``ablate.kernels.triton.swiglu``), else the projection and the compiled gate."""
+    return _GATE_UP_SILU.choose(backend, x, weight)(x, weight)
 
 
 class RMSNorm(nn.Module):
@@ -59,7 +94,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_mul(self.gate_up_proj(x)))
+        return self.down_proj(gate_up_silu(x, self.gate_up_proj.weight))
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
