@@ -43,7 +43,7 @@ def profile_variant(name: str, batch: int, keys: int, backend: str, op: str = "d
 
 
 def _profile(name: str, batch: int, keys: int, backend: str, steps: int = 3, top: int = 12, scale: str = "paper", device: str = "cuda",
-             prefill_rows: int = 1) -> dict:
+             prefill_rows: int = 1, graph_steps: int = 10) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from ablate.bench.targets import resolve_target
@@ -53,7 +53,7 @@ def _profile(name: str, batch: int, keys: int, backend: str, steps: int = 3, top
 
     cuda = device == "cuda"
     model = resolve_target(name, scale).build(torch.bfloat16, device)
-    cache = AblateCache.for_model(model, batch, keys + 64, torch.bfloat16, device)
+    cache = AblateCache.for_model(model, batch, keys + max(64, graph_steps + 16), torch.bfloat16, device)
     seed = meta_seed(model, torch.bfloat16, device) if model.config.num_meta_tokens else None
 
     rows = max(1, min(prefill_rows, batch))
@@ -74,7 +74,7 @@ def _profile(name: str, batch: int, keys: int, backend: str, steps: int = 3, top
         graph = StaticGreedyDecoder(model, cache, use_graph=True)
         at_the_end()
         times = []
-        for _ in range(steps + 10):
+        for _ in range(graph_steps + 3):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             graph.step()
@@ -116,11 +116,13 @@ def main(
     scale: str = typer.Option("paper", "--scale"),
     device: str = typer.Option("cuda", "--device", help="cuda | cpu (cpu: a smoke run, CPU op times, no graph)"),
     prefill_rows: int = typer.Option(1, "--prefill-rows", help="rows prefilled with their own prompts (8 per forward); the rest copy them"),
+    graph_steps: int = typer.Option(10, "--graph-steps", help="graph replays timed (after 3 more), their median reported"),
 ):
     """Profile one decode step per variant and backend (see module docstring)."""
     for name in variants:
         for backend in backends.split(","):
-            r = profile_variant(name, batch, keys, backend, op, scale=scale, device=device, prefill_rows=prefill_rows)
+            r = profile_variant(name, batch, keys, backend, op, scale=scale, device=device, prefill_rows=prefill_rows,
+                                graph_steps=graph_steps)
             if device == "cuda":
                 torch.cuda.empty_cache()  # the variant's weights and cache went with the call
             graph = f"graph step {r['graph_ms']:.3f} ms ({100 * r['floor_ms'] / r['graph_ms']:.0f}% of the bound), " if r["graph_ms"] else ""
