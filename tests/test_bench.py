@@ -198,14 +198,9 @@ def test_decode_attention_bench_masks_what_each_layer_sees():
         assert k.shape == (2, 2, keys, 8) and q.shape == (2, 4, 1, 8)
 
 
-def test_decode_steps_benchmarks_the_layers_each_fused_kernel_serves():
-    """The FFN section covers every variant with an FFN and none without; the input-projection
-    section every standalone Mamba / Mamba2 layer (Samba's included) and not Hymba's shared one."""
-    from ablate.bench.decode_steps import ffn_shapes, in_proj_shapes
+def test_decode_steps_benchmarks_the_ffn_of_every_variant_that_has_one():
+    from ablate.bench.decode_steps import ffn_shapes
 
     ffn = {v for names in ffn_shapes().values() for v in names}
     assert {"table3-mamba2-ffn", "table3-samba", "table3-hymba", "table1-06-llama"} <= ffn
     assert not ffn & {"table3-mamba2", "table1-01-mamba"}
-    in_proj = {v for names in in_proj_shapes().values() for v in names}
-    assert {"table3-mamba2", "table3-mamba2-ffn", "table3-samba", "table1-01-mamba"} <= in_proj
-    assert not in_proj & {"table3-hymba", "table1-13-meta-tokens", "table1-06-llama"}

@@ -13,10 +13,8 @@ sweeps them. The fused Mamba step (``mamba_step``: dt/B/C norms, dt's projection
 one kernel) is timed against the ops it replaces and checked against them at the paper's shapes. The
 conv step is timed with its state tap-major, as the cache stores it, and channel-major. The FFN's
 gate/up projection with its SiLU gate in one kernel (``gate_up_silu``) is timed against cuBLAS and
-the compiled gate, ``ABLATE_GATE_UP_CONFIG="BM,BK,stages,warps"`` for its launch, and so is a Mamba /
-Mamba2 layer's input projection with the conv step in its epilogue (``in_proj_conv_step``,
-``ABLATE_IN_PROJ_CONV_CONFIG``) against cuBLAS and the conv step kernel. ``--only ffn|in-proj``
-runs one of those two sections alone, ``--configs "A;B"`` sweeps its launch.
+the compiled gate, ``ABLATE_GATE_UP_CONFIG="BM,BK,stages,warps"`` for its launch; ``--only ffn``
+runs that section alone, ``--configs "A;B"`` sweeps its launch in one process.
 """
 
 from __future__ import annotations
@@ -96,13 +94,12 @@ def step_inputs(shape: tuple, batch: int, device):
     return selective_state_update, args, io
 
 
-SWEPT = {"ffn": ("ABLATE_GATE_UP_CONFIG", lambda batch: _gate_up_section(batch)),
-         "in-proj": ("ABLATE_IN_PROJ_CONV_CONFIG", lambda batch: _in_proj_conv_section(batch))}
+SWEPT = {"ffn": ("ABLATE_GATE_UP_CONFIG", lambda batch: _gate_up_section(batch))}
 
 
 def main(
     batch: int = typer.Option(128, "--batch", help="sequences per decode step (the paper's protocol)"),
-    only: str = typer.Option("", "--only", help="one section alone: ffn | in-proj"),
+    only: str = typer.Option("", "--only", help="one section alone: ffn"),
     configs: str = typer.Option("", "--configs", help='with --only: launch configurations swept, "BM,BK,stages,warps;..."'),
 ):
     """Time the fused decode steps at every SSM and FFN shape of the paper-scale variants."""
@@ -165,7 +162,6 @@ def main(
             print(f"| {channels} x {taps} | {layout} | {ms['reference']:.4f} | {ms['triton']:.4f} | "
                   f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {', '.join(variants)} |")
     _gate_up_section(batch)
-    _in_proj_conv_section(batch)
 
 
 def ffn_shapes() -> dict[tuple[int, int], list[str]]:
@@ -200,48 +196,6 @@ def _gate_up_section(batch: int) -> None:
         diff = ((got - ref).abs().max() / ref.abs().max()).item()
         print(f"| {hidden} x {inter} | {w.numel() * 2 / 1e6:.1f} | {ms['reference']:.4f} | {ms['triton']:.4f} | "
               f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {diff:.1e} | {', '.join(variants)} |")
-
-
-def in_proj_shapes() -> dict[tuple, list[str]]:
-    """(hidden, projected features, conv start, conv channels, taps) -> the variants whose standalone
-    Mamba / Mamba2 layers have that input projection (Hymba's SSM heads share theirs with attention)."""
-    def key(c):
-        if c.block == "hybrid":
-            return None
-        if c.ssm_type == "mamba2":
-            return c.hidden_size, c.ssm_inner_size + c.ssm_conv_channels + c.ssm_num_heads, c.ssm_inner_size, c.ssm_conv_channels, c.ssm_conv_kernel
-        return c.hidden_size, 2 * c.ssm_inner_size, 0, c.ssm_inner_size, c.ssm_conv_kernel
-
-    return _shapes_of_ssm_layers(key)
-
-
-def _in_proj_conv_section(batch: int) -> None:
-    from ablate.model.elementwise import fused_elementwise
-    from ablate.model.ssm import in_proj_conv_step
-
-    print(f"\nSSM input projection and conv step, ABLATE_IN_PROJ_CONV_CONFIG={os.environ.get('ABLATE_IN_PROJ_CONV_CONFIG', 'default')}: "
-          "cuBLAS + the conv step kernel (reference) vs one Triton kernel, timed as CUDA-graph replays over copies\n"
-          "of the weight larger than L2; % of 3 TB/s counts the weight, the input, the output and the conv state read and written once;\n"
-          "diff: max |difference| over max |value| of the output and of the new conv state")
-    print("| hidden -> features (conv channels) | weight MB | reference ms | Triton ms | Triton % of 3 TB/s | diff | state diff | variants |")
-    print("|---|---|---|---|---|---|---|---|")
-    bf = dict(device="cuda", dtype=torch.bfloat16)
-    for (hidden, n, lo, channels, taps), variants in in_proj_shapes().items():
-        x, w = torch.randn(batch, hidden, **bf), torch.randn(n, hidden, **bf) * hidden**-0.5
-        state = torch.randn(batch, taps - 1, channels, **bf).transpose(1, 2)  # tap-major, as the cache holds it
-        cw = torch.randn(channels, taps, **bf) * 0.5
-        io = (w.numel() + x.numel() + batch * n + 2 * state.numel()) * 2
-        with fused_elementwise():
-            ms = {impl: layers_ms(in_proj_conv_step, (x, w, None, lo, state, cw, None), 1, impl) for impl in ("reference", "triton")}
-            runs = []
-            for impl in ("reference", "triton"):
-                s = state.clone()
-                runs.append((torch.cat(in_proj_conv_step(x, w, None, lo, s, cw, None, backend=impl), -1).float(), s.float()))
-        (ref, s_ref), (got, s_got) = runs
-        diff = ((got - ref).abs().max() / ref.abs().max()).item()
-        s_diff = ((s_got - s_ref).abs().max() / s_ref.abs().max()).item()
-        print(f"| {hidden} -> {n} ({channels}) | {w.numel() * 2 / 1e6:.1f} | {ms['reference']:.4f} | {ms['triton']:.4f} | "
-              f"{100 * io / HBM_BYTES_PER_S * 1e3 / ms['triton']:.0f}% | {diff:.1e} | {s_diff:.1e} | {', '.join(variants)} |")
 
 
 def layers_ms(fn, args, state_index: int, backend: str, l2_bytes: int = 50 * 2**20) -> float:

@@ -44,43 +44,6 @@ def _inverse_softplus_dt(n: int, config: AblateConfig) -> torch.Tensor:
     return dt + torch.log(-torch.expm1(-dt))
 
 
-def in_proj_conv_step_ref(x, weight, bias, lo: int, conv_state, conv_weight, conv_bias):
-    """A decode step's input projection of x (b, K) and the conv step (with SiLU, state rolled in
-    place) over its features [lo, lo + channels): (features before, conv output, features after)."""
-    y = F.linear(x, weight, bias)
-    hi = lo + conv_weight.shape[0]
-    return y[:, :lo], conv_step(y[:, lo:hi], conv_state, conv_weight, conv_bias), y[:, hi:]
-
-
-def _in_proj_conv_step_triton(x, weight, bias, lo, conv_state, conv_weight, conv_bias):
-    from ablate.kernels.triton.in_proj_conv import in_proj_conv_step_triton
-
-    y = in_proj_conv_step_triton(x, weight, bias, lo, conv_state, conv_weight, conv_bias)
-    hi = lo + conv_weight.shape[0]
-    return y[:, :lo], y[:, lo:hi], y[:, hi:]
-
-
-def _in_proj_conv_step_available(x, weight, bias, lo, conv_state, *rest) -> bool:
-    # inference only (the kernel has no backward), and not inside a compiled graph
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
-        return False
-    if not can_run(x, weight, conv_state):
-        return False
-    from ablate.kernels.triton.in_proj_conv import supported
-
-    return supported(x, weight)
-
-
-_IN_PROJ_CONV_STEP = op("in_proj_conv_step", in_proj_conv_step_ref)
-_IN_PROJ_CONV_STEP.register("triton", _in_proj_conv_step_triton, _in_proj_conv_step_available)
-
-
-def in_proj_conv_step(x, weight, bias, lo: int, conv_state, conv_weight, conv_bias, backend=None):
-    """See ``in_proj_conv_step_ref``; on GPU one kernel (``ablate.kernels.triton.in_proj_conv``)."""
-    args = (x, weight, bias, lo, conv_state, conv_weight, conv_bias)
-    return _IN_PROJ_CONV_STEP.choose(backend, *args)(*args)
-
-
 class MambaHeads(nn.Module):
     """Mamba's sequence mixing on an already projected input x and gate z, both (b, l, inner)."""
 
@@ -115,18 +78,15 @@ class MambaHeads(nn.Module):
         if self.conv_bias is not None:
             self.conv_bias.zero_()
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor, ctx: ForwardContext, convolved: bool = False) -> torch.Tensor:
-        """``convolved``: a decode step whose conv step the input projection already ran
-        (``in_proj_conv_step``)."""
+    def forward(self, x: torch.Tensor, z: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         step = ctx.cache is not None and x.shape[1] == 1  # a decode step: update the cached state in place
         state = _cached_state(ctx, self.layer, step)
-        if not convolved:
-            x = _mask_padding(x, ctx).transpose(1, 2)  # (b, inner, l)
-            if step:
-                x = conv_step(x[..., 0], state[0], self.conv_weight, self.conv_bias).unsqueeze(-1)
-            else:
-                x, conv_state = causal_conv1d(x, self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
-            x = _mask_padding(x.transpose(1, 2), ctx)  # (b, l, inner)
+        x = _mask_padding(x, ctx).transpose(1, 2)  # (b, inner, l)
+        if step:
+            x = conv_step(x[..., 0], state[0], self.conv_weight, self.conv_bias).unsqueeze(-1)
+        else:
+            x, conv_state = causal_conv1d(x, self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
+        x = _mask_padding(x.transpose(1, 2), ctx)  # (b, l, inner)
         dbc = self.x_proj(x)
         if step:  # the rest of the step, one kernel on GPU
             norms = (self.dt_norm.weight, self.B_norm.weight, self.C_norm.weight) if self.dt_bc_norm else None
@@ -166,18 +126,8 @@ class MambaMixer(nn.Module):
         self.out_proj = nn.Linear(inner, config.hidden_size, bias=config.ssm_bias)
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        if _plain_step(hidden, ctx):  # the conv step inside the projection
-            h = self.heads
-            _, x, z = in_proj_conv_step(hidden[:, 0], self.in_proj.weight, self.in_proj.bias, 0, ctx.cache.ssm_buffers(h.layer)[0],
-                                        h.conv_weight, h.conv_bias)
-            return self.out_proj(h(x.unsqueeze(1), z.unsqueeze(1), ctx, convolved=True))
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         return self.out_proj(self.heads(x, z, ctx))
-
-
-def _plain_step(hidden: torch.Tensor, ctx: ForwardContext) -> bool:
-    """A decode step with no padded tokens: the input projection may run the conv step too."""
-    return ctx.cache is not None and hidden.shape[1] == 1 and ctx.token_valid is None
 
 
 class GatedGroupRMSNorm(nn.Module):
@@ -274,14 +224,10 @@ class Mamba2Mixer(nn.Module):
         b, l, _ = hidden.shape
         step = ctx.cache is not None and l == 1  # a decode step: update the cached state in place
         state = _cached_state(ctx, self.layer, step)
-        if _plain_step(hidden, ctx):  # the conv step inside the projection
-            z, xbc, dt = (t.unsqueeze(1) for t in in_proj_conv_step(
-                hidden[:, 0], self.in_proj.weight, self.in_proj.bias, self.inner, state[0], self.conv_weight, self.conv_bias))
-        else:
-            z, xbc, dt = torch.split(self.in_proj(_mask_padding(hidden, ctx)), [self.inner, self.conv_dim, self.num_heads], dim=-1)
-        if step and ctx.token_valid is not None:
+        z, xbc, dt = torch.split(self.in_proj(_mask_padding(hidden, ctx)), [self.inner, self.conv_dim, self.num_heads], dim=-1)
+        if step:
             xbc = conv_step(xbc[:, 0], state[0], self.conv_weight, self.conv_bias).unsqueeze(1)
-        elif not step:
+        else:
             xbc, conv_state = causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, "silu", state[0], ctx.seq_idx)
             xbc = xbc.transpose(1, 2)
         xbc = _mask_padding(xbc, ctx)
