@@ -346,6 +346,18 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
         assert got.shape == ref.shape == (*shape[:-1], 40) and got.dtype == dtype
         torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
     del os.environ["ABLATE_GATE_UP_CONFIG"]
+
+    # the greedy pick: 5,000 logits per row (two blocks of 4,096, the last masked), the row's maximum
+    # repeated across lanes and blocks (the first index wins), a row all equal, a row of -inf
+    from ablate.kernels.triton.argmax import greedy_tokens_triton
+    logits = torch.randn(4, 5000, device=device).to(dtype)
+    logits[0, [4500, 10, 4097]] = 9.0
+    logits[1] = 1.0
+    logits[2] = float("-inf")
+    logits[3, 4999] = 9.0
+    out = torch.full((4, 1), -1, dtype=torch.long, device=device)
+    assert greedy_tokens_triton(logits, out) is out
+    assert out.view(-1).tolist() == [10, 0, 0, 4999] == logits.argmax(-1).tolist()
 print("ok")
 """
 

@@ -212,8 +212,11 @@ class AblateCache(Cache):
 
     def advance(self, n: int, token_valid: torch.Tensor | None = None) -> None:
         """After a forward over ``n`` tokens (``token_valid``: which were real, per row)."""
-        self._next_pos.add_(token_valid.sum(1) if token_valid is not None else n)
-        self._next_slot.add_(n)
+        if token_valid is not None:
+            self._next_pos.add_(token_valid.sum(1))
+            self._next_slot.add_(n)
+        else:  # one kernel for both counters (a decode step replays it every token)
+            torch._foreach_add_([self._next_pos, self._next_slot], n)
         self.seen_tokens += n
         self._step += 1
 

@@ -16,8 +16,30 @@ from __future__ import annotations
 
 import torch
 
+from ablate.kernels.backend import op
+from ablate.kernels.triton.support import can_run
 from ablate.model.cache import AblateCache
 from ablate.model.elementwise import fused_elementwise
+
+
+def greedy_tokens_ref(logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Each row's argmax of ``logits`` (b, vocab) written into ``out`` (b, 1) int64."""
+    return torch.argmax(logits, -1, keepdim=True, out=out)
+
+
+def _greedy_tokens_triton(logits, out):
+    from ablate.kernels.triton.argmax import greedy_tokens_triton
+
+    return greedy_tokens_triton(logits, out)
+
+
+_GREEDY = op("greedy_tokens", greedy_tokens_ref)
+_GREEDY.register("triton", _greedy_tokens_triton, lambda logits, out: logits.dim() == 2 and can_run(logits, out))
+
+
+def greedy_tokens(logits: torch.Tensor, out: torch.Tensor, backend=None) -> torch.Tensor:
+    """The greedy pick into ``out``; one Triton kernel on GPU (``ablate.kernels.triton.argmax``)."""
+    return _GREEDY.choose(backend, logits, out)(logits, out)
 
 
 class StaticGreedyDecoder:
@@ -37,7 +59,7 @@ class StaticGreedyDecoder:
     def _body(self) -> torch.Tensor:
         with fused_elementwise(self.fuse):
             logits = self.model(input_ids=self.tokens, past_key_values=self.cache, logits_to_keep=1).logits[:, -1]
-        self.tokens.copy_(logits.argmax(-1, keepdim=True))
+        greedy_tokens(logits, self.tokens)
         return logits
 
     def _capture(self, warmup: int) -> None:
