@@ -171,13 +171,14 @@ def test_decode_profile_lists_the_kernels_of_one_step_on_cpu():
     assert times and times == sorted(times, reverse=True) and all(k["calls_per_step"] >= 1 for k in r["kernels"])
 
 
-def test_decode_profile_toggles_the_op_it_is_told_and_refuses_unknown_ones():
+@pytest.mark.parametrize("op", ["gate_up_silu", "greedy_tokens"])
+def test_decode_profile_toggles_the_op_it_is_told_and_refuses_unknown_ones(op):
     import typer
 
     from ablate.bench.decode_profile import profile_variant
 
-    r = profile_variant("table3-mamba2-ffn", 2, 8, "reference", "gate_up_silu", scale="tiny", device="cpu")
-    assert r["backend"] == "reference" and "ABLATE_GATE_UP_SILU_BACKEND" not in os.environ
+    r = profile_variant("table3-mamba2-ffn", 2, 8, "reference", op, scale="tiny", device="cpu")
+    assert r["backend"] == "reference" and f"ABLATE_{op.upper()}_BACKEND" not in os.environ
     with pytest.raises(typer.BadParameter, match="unknown op 'gate_up'.*gate_up_silu"):
         profile_variant("table3-mamba2-ffn", 2, 8, "reference", "gate_up", scale="tiny", device="cpu")
 

@@ -34,6 +34,7 @@ def profile_backends(name: str, batch: int, keys: int, backends: list[str], op: 
     """The decode step with ``op`` on each of ``backends`` in turn, on one model and cache built once
     (so that where the weights and the state landed in memory is the same for every backend)."""
     import ablate.model.lm  # noqa: F401 - registers every op of the model
+    import ablate.model.static_decode  # noqa: F401 - and the greedy pick
     from ablate.bench.targets import resolve_target
     from ablate.kernels.backend import OPS
     from ablate.model.cache import AblateCache, meta_seed
