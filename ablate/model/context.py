@@ -17,7 +17,7 @@ class ForwardContext:
 
     def __init__(
         self,
-        positions: torch.Tensor,  # (b or 1, l) absolute positions of the queries; meta tokens are 0..M-1
+        positions: torch.Tensor | None,  # (b or 1, l) absolute positions of the queries (meta tokens 0..M-1); None: none read
         num_meta: int,
         head_dim: int,
         rope_theta: float,

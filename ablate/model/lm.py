@@ -101,7 +101,9 @@ class AblateModel(AblatePreTrainedModel):
                 raise ValueError("seq_idx (packed documents) is for training forwards, not with a cache")
             # meta tokens belong to the first document, so they initialise its SSM state
             seq_idx = torch.cat([seq_idx[:, :1].expand(-1, prefix), seq_idx], dim=1)
-        if cache is not None:  # from the cache's device counter: a decode step has no Python-side position
+        if cache is not None and not self.config.has_attention and token_valid is None:
+            positions = None  # no layer reads them: an SSM-only decode step saves their two kernels
+        elif cache is not None:  # from the cache's device counter: a decode step has no Python-side position
             positions = cache.positions(inputs_embeds.shape[1], token_valid)
         else:
             positions = torch.arange(seen, seen + inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
