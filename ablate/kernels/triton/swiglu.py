@@ -51,7 +51,7 @@ def _gate_up_silu_kernel(
 
 def launch_config(features: int, dtype: torch.dtype, sms: int) -> tuple[int, int, int, int]:
     """(BM gate rows per program, BK, stages, warps); ``ABLATE_GATE_UP_CONFIG="BM,BK,stages,warps"``
-    overrides (``python -m ablate.bench.decode_steps --only-ffn`` sweeps it). The tile is the largest
+    overrides (``python -m ablate.bench.decode_steps --only ffn --configs ...`` sweeps it). The tile is the largest
     that still gives ~0.6 programs per SM: on the H100 at batch 128, 64 x 64 (5 stages, 8 warps) beat
     cuBLAS + the gate from 5,120 features up, 32 x 128 at 4,096 and 16 x 128 at 1,920, where the
     larger tiles left most SMs idle and lost to it (reports/bench-h100/fused-ffn-gate/)."""
