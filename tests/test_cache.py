@@ -388,14 +388,8 @@ def test_decode_through_the_fused_mamba_step_matches_full_forward(monkeypatch, n
     from ablate.model import ssm
 
     use_interpreter(monkeypatch, "ablate.model.decode_triton", "_mamba_step_kernel")
-    for prefill_op in ("SELECTIVE_SCAN", "CONV1D", "ATTENTION"):  # prefill stays on the reference: faster here
-        monkeypatch.setenv(f"ABLATE_{prefill_op}_BACKEND", "reference")
-    ran = []
-    fast = ssm._MAMBA_STEP.fast_paths
-    monkeypatch.setattr(ssm._MAMBA_STEP, "fast_paths", {k: (_recording(fn, ran), ok) for k, (fn, ok) in fast.items()})
-    torch.manual_seed(0)
-    model = build_model(resolve(name, "tiny", overrides={"num_hidden_layers": 2})).eval()
-    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    ran = _record_fast_paths(monkeypatch, ssm._MAMBA_STEP, reference=("SELECTIVE_SCAN", "CONV1D", "ATTENTION"))
+    model, ids = _two_layer_model_and_ids(name)
     with torch.no_grad():
         full = model(ids).logits
     stepped, _ = _decode(model, ids, [5])
@@ -414,14 +408,8 @@ def test_decode_through_the_fused_gate_up_matches_full_forward(monkeypatch, name
     from ablate.model import layers
 
     use_interpreter(monkeypatch, "ablate.kernels.triton.swiglu", "_gate_up_silu_kernel", ABLATE_GATE_UP_CONFIG="16,16,2,4")
-    for prefill_op in ("SSD", "CONV1D", "ATTENTION"):  # prefill stays on the reference: faster here
-        monkeypatch.setenv(f"ABLATE_{prefill_op}_BACKEND", "reference")
-    ran = []
-    fast = layers._GATE_UP_SILU.fast_paths
-    monkeypatch.setattr(layers._GATE_UP_SILU, "fast_paths", {k: (_recording(fn, ran), ok) for k, (fn, ok) in fast.items()})
-    torch.manual_seed(0)
-    model = build_model(resolve(name, "tiny", overrides={"num_hidden_layers": 2})).eval()
-    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    ran = _record_fast_paths(monkeypatch, layers._GATE_UP_SILU, reference=("SSD", "CONV1D", "ATTENTION"))
+    model, ids = _two_layer_model_and_ids(name)
     with torch.no_grad():
         monkeypatch.setenv("ABLATE_GATE_UP_SILU_BACKEND", "reference")
         full = model(ids).logits
@@ -431,6 +419,22 @@ def test_decode_through_the_fused_gate_up_matches_full_forward(monkeypatch, name
     torch.testing.assert_close(stepped, full, atol=TOL, rtol=TOL)
     ffns = sum(isinstance(m, layers.SwiGLU) for m in model.modules())
     assert ffns == 2 and len(ran) == 5 * ffns  # the prefill and four steps
+
+
+def _record_fast_paths(monkeypatch, op, reference: tuple[str, ...]) -> list:
+    """The shapes every call of ``op``'s fast paths sees, appended to the returned list; the
+    ``reference`` ops (prefill's, slow under the interpreter) pinned to their references."""
+    for name in reference:
+        monkeypatch.setenv(f"ABLATE_{name}_BACKEND", "reference")
+    ran = []
+    monkeypatch.setattr(op, "fast_paths", {k: (_recording(fn, ran), ok) for k, (fn, ok) in op.fast_paths.items()})
+    return ran
+
+
+def _two_layer_model_and_ids(name: str):
+    torch.manual_seed(0)
+    model = build_model(resolve(name, "tiny", overrides={"num_hidden_layers": 2})).eval()
+    return model, torch.randint(0, model.config.vocab_size, (2, 9))
 
 
 def _recording(fn, ran):
