@@ -3,6 +3,7 @@ out-of-memory, the prefill budget, run directories, the paper suite, and the tra
 
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -51,10 +52,22 @@ def test_batch_halves_on_out_of_memory_until_it_fits():
         with_batch_halving(lambda b: (_ for _ in ()).throw(ValueError("not an OOM")), 4)
 
 
-def test_prefill_budget_copies_prefilled_rows():
+def test_prefill_budget_copies_prefilled_rows_and_times_past_the_first_chunk():
     model = build_model("table3-samba", "tiny").eval()
+    prompt_calls = []
+
+    def slow_first_prefill(module, args, kwargs):
+        # the first prefill chunk stands in for one that compiles kernels
+        if kwargs["input_ids"].shape[1] == 12:
+            prompt_calls.append(1)
+            if len(prompt_calls) == 1:
+                time.sleep(1.0)
+
+    model.register_forward_pre_hook(slow_first_prefill, with_kwargs=True)
     result = bench_ablate(model, _tiny_protocol(batch=4, prefill_rows=1, prefill_budget_s=0.0))
-    assert result["prefilled_rows"] == 1  # one chunk ran, then the (zero) budget stopped it
+    # the (zero) budget stopped it after the second chunk: the first alone gives no timed rate
+    assert result["prefilled_rows"] == 2 and len(prompt_calls) == 2
+    assert result["prefill_tokens_per_s"] > 12 / 0.5  # the slow first chunk is not in the rate
     assert result["protocol"]["batch"] == 4 and result["decode_tokens_per_s"] > 0
 
 
