@@ -129,6 +129,29 @@ def test_compiled_flex_serves_many_lengths_without_hitting_the_recompile_limit()
 
 
 @pytest.mark.skipif(not HAVE_FLEX, reason="this torch has no FlexAttention")
+def test_compiled_flex_serves_every_mask_kind_at_many_lengths_compiled():
+    """Every mask kind the model builds is its own compiled specialisation, and each goes dynamic
+    after a second length: more than dynamo's default 8 per function in one process, after which
+    it would run flex_attention eagerly (dense scores). Here, hitting the limit fails the test."""
+    from ablate.kernels.flex import compile_flex
+
+    torch._dynamo.reset()
+    fn = compile_flex(backend="eager")
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        for length in (20, 27, 33):
+            for name, spec, lk in _specs(2, length):
+                lq = spec.q_pos.shape[-1]
+                if lq < 16:  # single-token steps do not take flex
+                    continue
+                q, k, v = _qkv(2, 2, 2, lq, lk, 16, 16, torch.float32, grad=False)
+                out = fn(q, k, v, block_mask=block_mask_for(spec, lq, lk, q.device))
+                seen = _seen_rows(spec)
+                ref = attention_ref(q.double(), k.double(), v.double(), spec)
+                assert _rel(out * seen, ref * seen) < 1e-5, (name, length)
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not HAVE_FLEX, reason="this torch has no FlexAttention")
 def test_flex_mask_mod_equals_dense_mask_pair_by_pair():
     b, length = 3, 29
     for name, spec, lk in _specs(b, length):

@@ -39,6 +39,7 @@ PEAK_FLOPS, HBM = 772e12, 3.0e12
 ATTENTION_PARITY = [
     ("swa+meta+padding, GQA 6:1, d64/v128", "padding", 2, 12, 2, 1037, 1037, 64, 128, 256, 32),
     ("cache prefill (ring buffer), GQA 4:1", "cache", 2, 8, 2, 300, 1111, 64, 64, 256, 16),
+    ("prefill over 128 meta tokens + SWA 256, GQA 6:1, d64/v128", "cache", 2, 12, 2, 600, 728, 64, 128, 256, 128),
 ]
 # label -> (b, l, h, p, g, n, chunk, initial state, documents): lengths off the chunk
 SSD_PARITY = {

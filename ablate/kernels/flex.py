@@ -31,6 +31,18 @@ except ImportError:  # pragma: no cover - old torch
 
 _COMPILED = None
 
+# Each mask kind (window or not, meta tokens, padding, documents, aligned or over a cache) is its
+# own specialisation of the compiled flex_attention and create_block_mask (dynamo guards on the
+# mask_mod's closure), and each goes dynamic after its second length: one evaluation process (full
+# forwards with and without padding, then generation over a cache) passes dynamo's default of 8
+# per function, after which it runs flex_attention eagerly (dense scores). The kinds are few and
+# fixed, so they get a budget of their own.
+FLEX_RECOMPILE_LIMIT = 64
+
+
+def _mask_kinds_allowed():
+    return torch._dynamo.config.patch(recompile_limit=max(FLEX_RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit))
+
 
 def compile_flex(backend: str = "inductor"):
     """flex_attention under torch.compile with automatic dynamic shapes: the first shape compiles
@@ -39,7 +51,13 @@ def compile_flex(backend: str = "inductor"):
     new length, and evaluation's batches all differ in length: after dynamo's recompile limit it
     ran flex_attention eagerly, which materialises every score (a 16k needle document asked for
     50 GiB on the H100)."""
-    return torch.compile(flex_attention, backend=backend, dynamic=None)
+    compiled = torch.compile(flex_attention, backend=backend, dynamic=None)
+
+    def run(*args, **kwargs):
+        with _mask_kinds_allowed():
+            return compiled(*args, **kwargs)
+
+    return run
 
 
 def _compiled_flex():
@@ -105,7 +123,8 @@ def block_mask_for(spec, lq: int, lk: int, device) -> "BlockMask":
         # _compile builds the mask blockwise (never the whole lq x lk bool matrix); inside an outer
         # torch.compile the mask construction is traced into that graph instead
         compile_mask = device.type == "cuda" and not torch.compiler.is_compiling()
-        return create_block_mask(mask_mod_for(spec), b, None, lq, lk, device=device, _compile=compile_mask)
+        with _mask_kinds_allowed():
+            return create_block_mask(mask_mod_for(spec), b, None, lq, lk, device=device, _compile=compile_mask)
 
     return spec.memo(("flex_block_mask", lq, lk, str(device)), build)
 
@@ -139,11 +158,8 @@ def flex_available(q, k, v, spec, *_, **__) -> bool:
     support for it is unconfirmed (``ablate.bench.fastpaths`` times both)."""
     if not HAVE_FLEX or not q.is_cuda:
         return False
-    if not spec.aligned:
-        # a prefill over a cache (meta tokens seeded, ring buffers): on the H100 the first 8k
-        # prefill of table1-13 through flex stalled for over 250 s where SDPA with the dense mask ran
-        # the whole paper suite in 129 s (reports/bench-h100/README.md); cause not yet isolated
-        return False
+    # a prefill over a cache (meta tokens seeded, ring buffers) is flex's too: 1.3-1.4x SDPA's dense
+    # mask at 8k on the H100 (reports/bench-h100/flex-prefill/)
     if q.shape[-2] < 16 or (spec.plain_causal and q.shape[-1] == v.shape[-1]):
         return False
     return _pow2(q.shape[-1]) and _pow2(v.shape[-1]) and q.dtype in (torch.bfloat16, torch.float16, torch.float32)

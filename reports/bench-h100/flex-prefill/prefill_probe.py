@@ -1,10 +1,12 @@
 """Time a few 8k prefills of one paper-scale variant into its (meta-seeded) cache, one line per call.
 
-Run with ``ABLATE_ATTENTION_BACKEND`` set to the backend under test (``flex`` forces FlexAttention
-also where the cache is seeded, which ``flex_available`` declines). The first call includes
-compilation; the later ones are the prefill's own time.
+Run with ``ABLATE_ATTENTION_BACKEND`` set to the backend under test (``flex`` forces FlexAttention,
+``sdpa`` the dense-mask path). The first call includes compilation; the later ones are the
+prefill's own time. With ``--compare``: one prefill with the auto choice and one with SDPA, and the
+relative difference of their last 64 positions' logits and of the caches they leave.
 
     python3 reports/bench-h100/flex-prefill/prefill_probe.py VARIANT [ROWS] [CALLS]
+    python3 reports/bench-h100/flex-prefill/prefill_probe.py --compare VARIANT [ROWS]
 """
 
 import os
@@ -40,5 +42,34 @@ def main(name: str, rows: int = 8, calls: int = 3, prompt: int = 8192) -> None:
         print(f"{name} backend={backend} rows={rows} call {call}: {s:.3f} s, {rows * prompt / s:,.0f} tok/s", flush=True)
 
 
+def compare(name: str, rows: int = 2, prompt: int = 8192) -> None:
+    cuda = torch.cuda.is_available()
+    device, dtype = torch.device("cuda" if cuda else "cpu"), torch.bfloat16
+    prompt = prompt if cuda else 64
+    model = resolve_target(name, "paper" if cuda else "tiny").build(dtype, device).eval()
+    seed = meta_seed(model, dtype, device) if model.config.num_meta_tokens else None
+    ids = random_prompts(rows, prompt, model.config.vocab_size, 0, device)
+    results = {}
+    for backend in ("auto", "sdpa"):
+        os.environ["ABLATE_ATTENTION_BACKEND"] = backend
+        cache = AblateCache.for_model(model, rows, prompt + 8, dtype, device)
+        cache.reset(seed)
+        with torch.no_grad():
+            logits = model(input_ids=ids, past_key_values=cache, logits_to_keep=64).logits.float()
+        results[backend] = (logits, [t.float() for s in cache.kv.values() for t in (s.k, s.v)])
+    os.environ.pop("ABLATE_ATTENTION_BACKEND")
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    (la, ca), (lb, cb) = results["auto"], results["sdpa"]
+    print(f"{name} rows={rows}: auto vs sdpa, logits of the last 64 positions rel. diff {rel(la, lb):.2e}, "
+          f"argmax agreement {(la.argmax(-1) == lb.argmax(-1)).float().mean().item():.4f}, "
+          f"cache K/V max rel. diff {max(rel(a, b) for a, b in zip(ca, cb)):.2e}", flush=True)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], *(int(a) for a in sys.argv[2:]))
+    if sys.argv[1] == "--compare":
+        compare(sys.argv[2], *(int(a) for a in sys.argv[3:]))
+    else:
+        main(sys.argv[1], *(int(a) for a in sys.argv[2:]))
