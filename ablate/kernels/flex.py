@@ -60,6 +60,31 @@ def compile_flex(backend: str = "inductor"):
     return run
 
 
+def compile_block_mask(backend: str = "inductor"):
+    """create_block_mask under torch.compile with symbolic lengths from the first call. It builds the
+    mask blockwise, never the whole lq x lk bool matrix. Static lengths are what torch's own
+    ``_compile=True`` gives, and for a prefill over a seeded cache (8192 queries over 8320 keys,
+    positions looked up per index) inductor's kernel then spent minutes in ptxas: the "stall" of the
+    first paper suite (reports/bench-h100/flex-prefill/)."""
+    compiled = torch.compile(create_block_mask, backend=backend, dynamic=True)
+
+    def run(*args, **kwargs):
+        with _mask_kinds_allowed():
+            return compiled(*args, **kwargs)
+
+    return run
+
+
+_COMPILED_BLOCK_MASK = None
+
+
+def _compiled_block_mask():
+    global _COMPILED_BLOCK_MASK
+    if _COMPILED_BLOCK_MASK is None:
+        _COMPILED_BLOCK_MASK = compile_block_mask()
+    return _COMPILED_BLOCK_MASK
+
+
 def _compiled_flex():
     """flex_attention compiled once per process: in eager mode it runs a dense reference (the whole
     score matrix); compiled, it generates the block-sparse Triton kernels."""
@@ -120,11 +145,10 @@ def block_mask_for(spec, lq: int, lk: int, device) -> "BlockMask":
 
     def build():
         b = _batch_of(spec.q_pos, spec.k_pos, spec.key_valid, spec.q_seq, spec.k_seq)
-        # _compile builds the mask blockwise (never the whole lq x lk bool matrix); inside an outer
-        # torch.compile the mask construction is traced into that graph instead
-        compile_mask = device.type == "cuda" and not torch.compiler.is_compiling()
-        with _mask_kinds_allowed():
-            return create_block_mask(mask_mod_for(spec), b, None, lq, lk, device=device, _compile=compile_mask)
+        # inside an outer torch.compile the mask construction is traced into that graph instead
+        compiled = device.type == "cuda" and not torch.compiler.is_compiling()
+        build_mask = _compiled_block_mask() if compiled else create_block_mask
+        return build_mask(mask_mod_for(spec), b, None, lq, lk, device=device)
 
     return spec.memo(("flex_block_mask", lq, lk, str(device)), build)
 
