@@ -40,6 +40,7 @@ ATTENTION_PARITY = [
     ("swa+meta+padding, GQA 6:1, d64/v128", "padding", 2, 12, 2, 1037, 1037, 64, 128, 256, 32),
     ("cache prefill (ring buffer), GQA 4:1", "cache", 2, 8, 2, 300, 1111, 64, 64, 256, 16),
     ("prefill over 128 meta tokens + SWA 256, GQA 6:1, d64/v128", "cache", 2, 12, 2, 600, 728, 64, 128, 256, 128),
+    ("packed documents + meta + SWA 256 (training), GQA 4:1", "documents", 2, 8, 2, 1037, 1037, 64, 64, 256, 16),
 ]
 # label -> (b, l, h, p, g, n, chunk, initial state, documents): lengths off the chunk
 SSD_PARITY = {
@@ -98,12 +99,16 @@ def _spec(kind, b, lq, lk, window, meta, device):
         valid[:, :meta] = True
         return MaskSpec(q_pos.to(device), k_pos.to(device), window, meta, key_valid=valid.to(device), aligned=False)
     pos = torch.arange(lq, device=device)[None]
-    valid = None
+    valid, docs = None, None
     if kind == "padding":
         valid = torch.ones(b, lq, dtype=torch.bool)
         valid[0, meta : meta + lq // 4] = False  # padding after the meta tokens (left-padded prompt)
         valid = valid.to(device)
-    return MaskSpec(pos, pos, window, meta, key_valid=valid, aligned=True)
+    if kind == "documents":  # packed training rows: a new document every ~100 tokens after the meta tokens
+        starts = torch.rand(b, lq, generator=g) < 1 / 100
+        starts[:, :meta] = False
+        docs = starts.long().cumsum(-1).to(device)
+    return MaskSpec(pos, pos, window, meta, key_valid=valid, aligned=True, q_seq=docs, k_seq=docs)
 
 
 def attention_parity(device, rows):
