@@ -129,7 +129,7 @@ def test_compiled_flex_serves_many_lengths_without_hitting_the_recompile_limit()
 
 
 @pytest.mark.skipif(not HAVE_FLEX, reason="this torch has no FlexAttention")
-def test_compiled_flex_serves_every_mask_kind_at_many_lengths_compiled():
+def test_compiled_flex_serves_every_mask_kind_within_its_recompile_budget():
     """Every mask kind the model builds is its own compiled specialisation, and each goes dynamic
     after a second length: more than dynamo's default 8 per function in one process, after which
     it would run flex_attention eagerly (dense scores). Here, hitting the limit fails the test."""

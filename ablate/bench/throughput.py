@@ -264,8 +264,8 @@ def _prefill_chunks(model, cache, prompts, rows: int, protocol: Protocol, say):
         chunks.append((n, time.perf_counter() - t0))
         done += n
         elapsed = time.perf_counter() - began
-        # never stop after the first chunk alone: it pays for compilation and autotuning (a
-        # FlexAttention compile took 11 s of Samba's first 8 rows), so the rate needs a second one
+        # never stop after the first chunk alone: it pays for compilation and autotuning (15-25 s
+        # of FlexAttention compiles in a model's first 8 rows on the H100), so the rate needs a second
         if done < batch and elapsed > protocol.prefill_budget_s and len(chunks) >= 2:
             say(f"prefill budget spent after {done} rows: copying them into the other {batch - done}")
             break
