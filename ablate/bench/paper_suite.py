@@ -58,11 +58,16 @@ def run_entry(entry: str, scale: str, protocol, say) -> dict:
     """Measure one entry; returns its record (raises on failure)."""
     from ablate.bench.anchors import bench_anchor, build_anchor
     from ablate.bench.targets import resolve_target
+    import torch
+
     from ablate.bench.throughput import bench_ablate, free_memory
 
     name = entry.removeprefix("anchor:")
     target = resolve_target(name, scale)
     model = None
+    # each entry compiles as it would alone in `ablate bench`: after the earlier entries' lengths,
+    # dynamo would compile this one's FlexAttention kernels with symbolic lengths
+    torch._dynamo.reset()
     try:
         if entry.startswith("anchor:"):
             model = build_anchor(target.config, protocol.torch_dtype, protocol.device)
