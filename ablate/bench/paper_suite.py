@@ -56,10 +56,10 @@ def suite_entries(only: list[str] | None = None, anchors: bool = True) -> list[s
 
 def run_entry(entry: str, scale: str, protocol, say) -> dict:
     """Measure one entry; returns its record (raises on failure)."""
-    from ablate.bench.anchors import bench_anchor, build_anchor
-    from ablate.bench.targets import resolve_target
     import torch
 
+    from ablate.bench.anchors import bench_anchor, build_anchor
+    from ablate.bench.targets import resolve_target
     from ablate.bench.throughput import bench_ablate, free_memory
 
     name = entry.removeprefix("anchor:")
