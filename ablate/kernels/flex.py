@@ -20,6 +20,8 @@ everything. Such outputs are discarded by the model either way.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 try:  # FlexAttention arrived in torch 2.5; the harness runs without it
@@ -28,8 +30,6 @@ try:  # FlexAttention arrived in torch 2.5; the harness runs without it
     HAVE_FLEX = True
 except ImportError:  # pragma: no cover - old torch
     HAVE_FLEX = False
-
-_COMPILED = None
 
 # Each mask kind (window or not, meta tokens, padding, documents, aligned or over a cache) is its
 # own specialisation of the compiled flex_attention and create_block_mask (dynamo guards on the
@@ -40,8 +40,16 @@ _COMPILED = None
 FLEX_RECOMPILE_LIMIT = 64
 
 
-def _mask_kinds_allowed():
-    return torch._dynamo.config.patch(recompile_limit=max(FLEX_RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit))
+def _compiled_with_mask_budget(fn, **compile_kwargs):
+    """``torch.compile(fn)``, called under the recompile budget for mask kinds."""
+    compiled = torch.compile(fn, **compile_kwargs)
+
+    def run(*args, **kwargs):
+        limit = max(FLEX_RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            return compiled(*args, **kwargs)
+
+    return run
 
 
 def compile_flex(backend: str = "inductor"):
@@ -51,13 +59,7 @@ def compile_flex(backend: str = "inductor"):
     new length, and evaluation's batches all differ in length: after dynamo's recompile limit it
     ran flex_attention eagerly, which materialises every score (a 16k needle document asked for
     50 GiB on the H100)."""
-    compiled = torch.compile(flex_attention, backend=backend, dynamic=None)
-
-    def run(*args, **kwargs):
-        with _mask_kinds_allowed():
-            return compiled(*args, **kwargs)
-
-    return run
+    return _compiled_with_mask_budget(flex_attention, backend=backend, dynamic=None)
 
 
 def compile_block_mask(backend: str = "inductor"):
@@ -66,32 +68,19 @@ def compile_block_mask(backend: str = "inductor"):
     ``_compile=True`` gives, and for a prefill over a seeded cache (8192 queries over 8320 keys,
     positions looked up per index) inductor's kernel then spent minutes in ptxas: the "stall" of the
     first paper suite (reports/bench-h100/flex-prefill/)."""
-    compiled = torch.compile(create_block_mask, backend=backend, dynamic=True)
-
-    def run(*args, **kwargs):
-        with _mask_kinds_allowed():
-            return compiled(*args, **kwargs)
-
-    return run
+    return _compiled_with_mask_budget(create_block_mask, backend=backend, dynamic=True)
 
 
-_COMPILED_BLOCK_MASK = None
-
-
+@functools.cache
 def _compiled_block_mask():
-    global _COMPILED_BLOCK_MASK
-    if _COMPILED_BLOCK_MASK is None:
-        _COMPILED_BLOCK_MASK = compile_block_mask()
-    return _COMPILED_BLOCK_MASK
+    return compile_block_mask()
 
 
+@functools.cache
 def _compiled_flex():
     """flex_attention compiled once per process: in eager mode it runs a dense reference (the whole
     score matrix); compiled, it generates the block-sparse Triton kernels."""
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = compile_flex()
-    return _COMPILED
+    return compile_flex()
 
 
 def _batch_of(*tensors) -> int | None:
