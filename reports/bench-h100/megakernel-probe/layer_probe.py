@@ -54,7 +54,7 @@ def _mamba_layer(
     w_dt_ptr, dt_b_ptr, a_ptr, d_ptr, state_ptr, uz_ptr, y_ptr, w_out_ptr, bar_ptr,
     B: tl.constexpr, H: tl.constexpr, I: tl.constexpr, N: tl.constexpr, R: tl.constexpr,
     TAPS: tl.constexpr, CH: tl.constexpr, DBC: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
-    P: tl.constexpr, BARRIERS: tl.constexpr,
+    P: tl.constexpr, BARRIERS: tl.constexpr, PHASES: tl.constexpr = 3,
 ):
     p = tl.program_id(0)
     rows = tl.arange(0, B)
@@ -97,6 +97,8 @@ def _mamba_layer(
     part = tl.dot(u.to(tl.bfloat16), tl.load(w_x_ptr + ch[:, None] * DBC + dcols[None, :]))
     tl.atomic_add(dbc_ptr + rows[:, None] * DBC + dcols[None, :], part, sem="relaxed")
     _barrier(bar_ptr, P, BARRIERS)
+    if PHASES < 2:
+        return
     # C: dt/B/C norms, dt_proj, state update, in chunks of RB rows (register pressure)
     rr = tl.arange(0, RB)
     rk = tl.arange(0, R)
@@ -124,6 +126,8 @@ def _mamba_layer(
         yr = (tl.sum(st * Cv[:, None, :], axis=2) + D[None, :] * ur) * zr * tl.sigmoid(zr)
         tl.store(y_ptr + r[:, None] * I + ch[None, :], yr.to(tl.bfloat16))
     _barrier(bar_ptr, 2 * P, BARRIERS)
+    if PHASES < 3:
+        return
     # D: out_proj, a 16 x 8 split of (I x H) into 128 x 128 tiles, added into the residual
     kb = (p // (H // 128)) * 128 + tl.arange(0, 128)
     nb = (p % (H // 128)) * 128 + tl.arange(0, 128)
@@ -172,7 +176,7 @@ def _median_us(graph, reps=200):
     return statistics.median(times)
 
 
-def time_layers(barriers: bool, residual_dtype, num_warps: int, bk: int, rb: int) -> float:
+def time_layers(barriers: bool, residual_dtype, num_warps: int, bk: int, rb: int, phases: int = 3) -> float:
     """Median µs per layer of ``LAYERS`` launches (each layer its own weights and state), CUDA-graph replayed."""
     layers = [_layer_tensors() for _ in range(LAYERS)]
     # the residual chain is fp32 (phase D adds into it atomically); the bf16 variant reads a copy instead
@@ -190,7 +194,7 @@ def time_layers(barriers: bool, residual_dtype, num_warps: int, bk: int, rb: int
             _mamba_layer[(PROGRAMS,)](
                 reads[i], hs[i + 1], t["w_in"], t["norm_w"], t["conv_w"], t["conv_b"], t["conv"], t["w_x"], dbc[i],
                 t["w_dt"], t["dt_b"], t["a"], t["dd"], t["state"], uz, y, t["w_out"], bars[i],
-                BATCH, HIDDEN, INNER, STATE, RANK, TAPS, CH, DBC, bk, rb, PROGRAMS, barriers, num_warps=num_warps,
+                BATCH, HIDDEN, INNER, STATE, RANK, TAPS, CH, DBC, bk, rb, PROGRAMS, barriers, phases, num_warps=num_warps,
             )
 
     step()
@@ -283,6 +287,14 @@ def main() -> None:
             print(f"| {barriers} | {str(dtype)[6:]} | {warps} | {bk} | {rb} | {us:.1f} |", flush=True)
         except Exception as e:  # noqa: BLE001 - a configuration that does not compile is a row, not the end
             print(f"| {barriers} | {str(dtype)[6:]} | {warps} | {bk} | {rb} | failed: {type(e).__name__}: {str(e)[:120]} |", flush=True)
+    print()
+    print("Phases (8 warps, BK 64, RB 32, fp32 residual): µs per layer up to the end of each")
+    print("| phases run | with barriers | without |")
+    print("|---|---|---|")
+    for phases, name in [(1, "A"), (2, "A, C"), (3, "A, C, D")]:
+        on = time_layers(True, torch.float32, 8, 64, 32, phases)
+        off = time_layers(False, torch.float32, 8, 64, 32, phases)
+        print(f"| {name} | {on:.1f} | {off:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
