@@ -51,10 +51,10 @@ def _barrier(bar_ptr, target, ENABLED: tl.constexpr):
 @triton.jit
 def _mamba_layer(
     h_ptr, next_ptr, w_in_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, w_x_ptr, dbc_ptr,
-    w_dt_ptr, dt_b_ptr, a_ptr, d_ptr, state_ptr, uz_ptr, y_ptr, w_out_ptr, bar_ptr,
+    w_dt_ptr, dt_b_ptr, a_ptr, d_ptr, state_ptr, uz_ptr, y_ptr, w_out_ptr, bar_ptr, part_ptr,
     B: tl.constexpr, H: tl.constexpr, I: tl.constexpr, N: tl.constexpr, R: tl.constexpr,
     TAPS: tl.constexpr, CH: tl.constexpr, DBC: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr,
-    P: tl.constexpr, BARRIERS: tl.constexpr, PHASES: tl.constexpr = 3,
+    P: tl.constexpr, BARRIERS: tl.constexpr, PHASES: tl.constexpr = 3, TWO_LEVEL: tl.constexpr = False,
 ):
     p = tl.program_id(0)
     rows = tl.arange(0, B)
@@ -95,8 +95,16 @@ def _mamba_layer(
     # x_proj, this program's split-K share, into dt|B|C
     dcols = tl.arange(0, DBC)
     part = tl.dot(u.to(tl.bfloat16), tl.load(w_x_ptr + ch[:, None] * DBC + dcols[None, :]))
-    tl.atomic_add(dbc_ptr + rows[:, None] * DBC + dcols[None, :], part, sem="relaxed")
-    _barrier(bar_ptr, P, BARRIERS)
+    if TWO_LEVEL:  # partials to memory, then program p sums row p over them: no contended atomics
+        tl.store(part_ptr + p * B * DBC + rows[:, None] * DBC + dcols[None, :], part)
+        _barrier(bar_ptr, P, BARRIERS)
+        progs = tl.arange(0, P)
+        row = tl.sum(tl.load(part_ptr + progs[:, None] * B * DBC + p * DBC + dcols[None, :], cache_modifier=".cg"), axis=0)
+        tl.store(dbc_ptr + p * DBC + dcols, row)
+        _barrier(bar_ptr, 2 * P, BARRIERS)
+    else:  # every program adds its 128 x 128 share into the same addresses
+        tl.atomic_add(dbc_ptr + rows[:, None] * DBC + dcols[None, :], part, sem="relaxed")
+        _barrier(bar_ptr, P, BARRIERS)
     if PHASES < 2:
         return
     # C: dt/B/C norms, dt_proj, state update, in chunks of RB rows (register pressure)
@@ -125,7 +133,7 @@ def _mamba_layer(
         tl.store(sidx, st.to(tl.bfloat16))
         yr = (tl.sum(st * Cv[:, None, :], axis=2) + D[None, :] * ur) * zr * tl.sigmoid(zr)
         tl.store(y_ptr + r[:, None] * I + ch[None, :], yr.to(tl.bfloat16))
-    _barrier(bar_ptr, 2 * P, BARRIERS)
+    _barrier(bar_ptr, (3 if TWO_LEVEL else 2) * P, BARRIERS)
     if PHASES < 3:
         return
     # D: out_proj, a 16 x 8 split of (I x H) into 128 x 128 tiles, added into the residual
@@ -176,7 +184,7 @@ def _median_us(graph, reps=200):
     return statistics.median(times)
 
 
-def time_layers(barriers: bool, residual_dtype, num_warps: int, bk: int, rb: int, phases: int = 3) -> float:
+def time_layers(barriers: bool, residual_dtype, num_warps: int, bk: int, rb: int, phases: int = 3, two_level: bool = False) -> float:
     """Median µs per layer of ``LAYERS`` launches (each layer its own weights and state), CUDA-graph replayed."""
     layers = [_layer_tensors() for _ in range(LAYERS)]
     # the residual chain is fp32 (phase D adds into it atomically); the bf16 variant reads a copy instead
@@ -186,6 +194,7 @@ def time_layers(barriers: bool, residual_dtype, num_warps: int, bk: int, rb: int
     dbc = torch.zeros(LAYERS, BATCH, DBC, device="cuda")
     y = torch.zeros(BATCH, INNER, dtype=torch.bfloat16, device="cuda")
     bars = torch.zeros(LAYERS, dtype=torch.int32, device="cuda")
+    part = torch.empty(PROGRAMS, BATCH, DBC, device="cuda")
 
     def step():
         bars.zero_()
@@ -193,8 +202,8 @@ def time_layers(barriers: bool, residual_dtype, num_warps: int, bk: int, rb: int
         for i, t in enumerate(layers):
             _mamba_layer[(PROGRAMS,)](
                 reads[i], hs[i + 1], t["w_in"], t["norm_w"], t["conv_w"], t["conv_b"], t["conv"], t["w_x"], dbc[i],
-                t["w_dt"], t["dt_b"], t["a"], t["dd"], t["state"], uz, y, t["w_out"], bars[i],
-                BATCH, HIDDEN, INNER, STATE, RANK, TAPS, CH, DBC, bk, rb, PROGRAMS, barriers, phases, num_warps=num_warps,
+                t["w_dt"], t["dt_b"], t["a"], t["dd"], t["state"], uz, y, t["w_out"], bars[i], part,
+                BATCH, HIDDEN, INNER, STATE, RANK, TAPS, CH, DBC, bk, rb, PROGRAMS, barriers, phases, two_level, num_warps=num_warps,
             )
 
     step()
@@ -225,7 +234,7 @@ def time_copy() -> float:
     return us
 
 
-def check(num_warps: int = 8) -> None:
+def check(num_warps: int = 8, two_level: bool = False) -> None:
     """One layer with its barriers against the same arithmetic in torch (fp32): do the barriers hold?"""
     t = _layer_tensors()
     h = torch.randn(BATCH, HIDDEN, device="cuda")
@@ -236,8 +245,8 @@ def check(num_warps: int = 8) -> None:
     st0, conv0 = t["state"].float(), t["conv"].float()
     _mamba_layer[(PROGRAMS,)](
         h, nxt, t["w_in"], t["norm_w"], t["conv_w"], t["conv_b"], t["conv"], t["w_x"], dbc, t["w_dt"], t["dt_b"],
-        t["a"], t["dd"], t["state"], uz, y, t["w_out"], bar,
-        BATCH, HIDDEN, INNER, STATE, RANK, TAPS, CH, DBC, 64, 32, PROGRAMS, True, num_warps=num_warps,
+        t["a"], t["dd"], t["state"], uz, y, t["w_out"], bar, torch.empty(PROGRAMS, BATCH, DBC, device="cuda"),
+        BATCH, HIDDEN, INNER, STATE, RANK, TAPS, CH, DBC, 64, 32, PROGRAMS, True, 3, two_level, num_warps=num_warps,
     )
     torch.cuda.synchronize()
 
@@ -260,7 +269,7 @@ def check(num_warps: int = 8) -> None:
     yy = ((st * C[:, None, :]).sum(-1) + u) * torch.nn.functional.silu(z)
     out = h + yy @ t["w_out"].float()
     print(
-        f"check, one layer with barriers vs torch fp32 (max error / max): dt|B|C {err(dbc, d):.1e}, "
+        f"check{' (two-level x_proj)' if two_level else ''}, one layer with barriers vs torch fp32 (max error / max): dt|B|C {err(dbc, d):.1e}, "
         f"state {err(t['state'], st):.1e}, y {err(y, yy):.1e}, residual out {err(nxt, out):.1e}"
     )
 
@@ -270,6 +279,7 @@ def main() -> None:
     print(f"{props.name}, {props.multi_processor_count} SMs; batch {BATCH}, target {TARGET_US} µs per layer")
     assert PROGRAMS <= props.multi_processor_count, "the barriers need every program resident"
     check()
+    check(two_level=True)
     time_copy()
     print("| barriers | residual | warps | BK | RB | µs per layer |")
     print("|---|---|---|---|---|---|")
@@ -292,9 +302,11 @@ def main() -> None:
     print("| phases run | with barriers | without |")
     print("|---|---|---|")
     for phases, name in [(1, "A"), (2, "A, C"), (3, "A, C, D")]:
-        on = time_layers(True, torch.float32, 8, 64, 32, phases)
-        off = time_layers(False, torch.float32, 8, 64, 32, phases)
-        print(f"| {name} | {on:.1f} | {off:.1f} |", flush=True)
+        for two_level in (False, True):
+            on = time_layers(True, torch.float32, 8, 64, 32, phases, two_level)
+            off = time_layers(False, torch.float32, 8, 64, 32, phases, two_level)
+            label = f"{name}{', x_proj two-level' if two_level else ''}"
+            print(f"| {label} | {on:.1f} | {off:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
