@@ -20,16 +20,16 @@ whether such a kernel could run the layer in the time the goal allows. Variants:
 barriers (a lower bound on what they cost) and with the residual stream read as bf16 instead of
 fp32 (the L2 traffic of phase A halved). Also timed: one kernel that only copies the layer's bytes.
 
-Run on the device: ``python3 reports/bench-h100/megakernel-probe/layer_probe.py``.
+Run on the device, from the repository root: ``PYTHONPATH=. python3 reports/bench-h100/megakernel-probe/layer_probe.py``.
 """
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 import triton
 import triton.language as tl
+
+from ablate.bench.fastpaths import time_ms
 
 BATCH, HIDDEN, INNER, STATE, RANK, TAPS = 128, 1024, 2048, 16, 64, 3  # TAPS: conv kernel 4 minus one
 CH = 16  # inner channels per program
@@ -171,17 +171,7 @@ def _layer_tensors():
 
 
 def _median_us(graph, reps=200):
-    for _ in range(20):
-        graph.replay()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
-    return statistics.median(times)
+    return time_ms(graph.replay, warmup=20, rep=reps) * 1e3
 
 
 def time_layers(barriers: bool, residual_dtype, num_warps: int, bk: int, rb: int, phases: int = 3, two_level: bool = False) -> float:
