@@ -421,6 +421,73 @@ def test_decode_through_the_fused_gate_up_matches_full_forward(monkeypatch, name
     assert ffns == 2 and len(ran) == 5 * ffns  # the prefill and four steps
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d, dv, cos_rows", [(8, 16, 1), (12, 12, 3)])
+def test_rope_store_kernel_matches_its_reference(monkeypatch, dtype, d, dv, cos_rows):
+    """RoPE on a step's queries and keys and the K/V write into one cache slot, as one Triton kernel
+    (under the interpreter on CPU): q, k, v are views into one packed projection as the layer makes
+    them, the head dimension need not be a power of two, cos/sin per row or shared; every other
+    slot of the cache stays as it was. Without K/V it rotates the queries only."""
+    pytest.importorskip("triton", reason="triton is not installed: the fused decode steps are optional")
+    from kernel_support import use_interpreter
+
+    use_interpreter(monkeypatch, "ablate.kernels.triton.rope_store", "_rope_store_kernel")
+    from ablate.kernels.triton.rope_store import rope_store_kv_triton
+    from ablate.model.decode import rope_store_kv_ref
+    from ablate.model.layers import rope_tables
+
+    b, hq, hkv, slots = 3, 6, 2, 5
+    packed = torch.randn(b, 1, hq * d + hkv * d + hkv * dv).to(dtype)
+    q, k, v = torch.split(packed, [hq * d, hkv * d, hkv * dv], dim=-1)
+    q = q.view(b, 1, hq, d).transpose(1, 2)
+    k = k.view(b, 1, hkv, d).transpose(1, 2)
+    v = v.view(b, 1, hkv, dv).transpose(1, 2)
+    cos, sin = rope_tables(torch.arange(cos_rows).view(cos_rows, 1) + 7, d, 10000.0, dtype)
+    stores = [torch.randn(b, hkv, slots, w).to(dtype) for w in (d, dv)]
+    dst = torch.tensor([3])
+    tol = {"atol": 1e-2, "rtol": 1e-2} if dtype == torch.bfloat16 else {"atol": 1e-6, "rtol": 1e-6}
+
+    ref_stores = [s.clone() for s in stores]
+    want = rope_store_kv_ref(q, cos, sin, k, v, *ref_stores, dst)
+    got = rope_store_kv_triton(q, cos, sin, k, v, *stores, dst)
+    torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(stores[0], ref_stores[0], **tol)
+    assert torch.equal(stores[1], ref_stores[1])  # values are copied, not computed
+    assert not torch.equal(stores[0][:, :, 3], torch.zeros_like(stores[0][:, :, 3]))
+    torch.testing.assert_close(rope_store_kv_triton(q, cos, sin), rope_store_kv_ref(q, cos, sin), **tol)
+
+
+@pytest.mark.parametrize("name", ["table1-10-llama-kv-compression", "table3-hymba"])
+@pytest.mark.parametrize("static", [False, True])
+def test_decode_through_the_fused_rope_store_matches_full_forward(monkeypatch, name, static):
+    """Every attention layer's decode step through the one-kernel RoPE + cache write (under the
+    interpreter on CPU): full layers (the written prefix, or the whole store in a static decode),
+    sliding windows past their ring, a layer reading an earlier layer's K/V, meta tokens. Token by
+    token the logits equal one full forward, and the kernel ran in every attention layer of every
+    step after the first token."""
+    pytest.importorskip("triton", reason="triton is not installed: the fused decode steps are optional")
+    from kernel_support import use_interpreter
+
+    from ablate.config import layer_plans
+    from ablate.model import decode
+
+    use_interpreter(monkeypatch, "ablate.kernels.triton.rope_store", "_rope_store_kernel")
+    others = ("ATTENTION", "DECODE_ATTENTION", "SELECTIVE_SCAN", "CONV1D", "CONV_STEP", "MAMBA_STEP", "SEGMENT_RMS_NORM", "GATE_UP_SILU")
+    ran = _record_fast_paths(monkeypatch, decode._ROPE_STORE, reference=others)
+    torch.manual_seed(0)
+    model = build_model(resolve(name, "tiny", overrides={"num_hidden_layers": 6})).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))  # 11 steps: past the window of 8
+    cache = AblateCache.for_model(model, 2, 16)
+    cache.static_decode = static
+    with torch.no_grad():
+        full = model(ids).logits
+        stepped, _ = _decode(model, ids, [5], cache)
+    torch.testing.assert_close(stepped, full, atol=TOL, rtol=TOL)
+    plans = layer_plans(model.config)
+    assert any(p.window for p in plans) and not all(p.owns_kv for p in plans)
+    assert len(ran) == 11 * len(plans)
+
+
 def _record_fast_paths(monkeypatch, op, reference: tuple[str, ...]) -> list:
     """The shapes every call of ``op``'s fast paths sees, appended to the returned list; the
     ``reference`` ops (prefill's, slow under the interpreter) pinned to their references."""

@@ -9,7 +9,7 @@ from torch import nn
 from ablate.config import AblateConfig, LayerPlan
 from ablate.kernels import attention
 from ablate.model.context import ForwardContext
-from ablate.model.decode import decode_attention
+from ablate.model.decode import decode_attention, rope_store_kv
 from ablate.model.layers import apply_rope, apply_rope_qk
 
 
@@ -19,16 +19,24 @@ def attend(q, k, v, plan: LayerPlan, ctx: ForwardContext, num_heads: int, num_kv
     b, l, _ = q.shape
     cos, sin = ctx.rope
     q = q.view(b, l, num_heads, head_dim).transpose(1, 2)
+    decoding = l == 1 and ctx.cache is not None
     if plan.owns_kv:
-        q, k = apply_rope_qk(q, k.view(b, l, num_kv_heads, head_dim).transpose(1, 2), cos, sin)
+        k = k.view(b, l, num_kv_heads, head_dim).transpose(1, 2)
         v = v.view(b, l, num_kv_heads, v_head_dim).transpose(1, 2)
-        if ctx.cache is not None:
-            k, v, k_pos, k_valid = ctx.cache.update_kv(plan.index, k, v, ctx.positions, ctx.token_valid)
+        slot = ctx.cache.decode_slot(plan.index, ctx.positions, ctx.token_valid) if decoding else None
+        if slot is not None:  # RoPE and the cache write as one op (one kernel on GPU)
+            k_store, v_store, dst, attended = slot
+            q = rope_store_kv(q, cos, sin, k, v, k_store, v_store, dst)
+            k, v, k_pos, k_valid = attended
         else:
-            k_pos, k_valid = ctx.positions, ctx.token_valid
+            q, k = apply_rope_qk(q, k, cos, sin)
+            if ctx.cache is not None:
+                k, v, k_pos, k_valid = ctx.cache.update_kv(plan.index, k, v, ctx.positions, ctx.token_valid)
+            else:
+                k_pos, k_valid = ctx.positions, ctx.token_valid
         ctx.shared_kv[plan.index] = (k, v, k_pos, k_valid)
     else:
-        q = apply_rope(q, cos, sin)
+        q = rope_store_kv(q, cos, sin) if decoding else apply_rope(q, cos, sin)
         k, v, k_pos, k_valid = ctx.shared_kv[plan.kv_source]
     spec = ctx.mask(plan.window, k_pos, k_valid)
     # one query per sequence over a cache: a decode step, memory-bound GQA matmuls (ablate.model.decode)

@@ -242,6 +242,20 @@ class AblateCache(Cache):
         store.v.index_copy_(2, view.dst, v)
         if view.mode == "fresh":
             return k, v, view.k_pos, view.k_valid
+        return self._attended(store, view)
+
+    def decode_slot(self, layer: int, positions: torch.Tensor, token_valid: torch.Tensor | None):
+        """For a one-token step that writes its K/V itself (``ablate.model.decode.rope_store_kv``):
+        (K store, V store, slot index (1,), and what the layer then attends over as ``update_kv``
+        returns it). None where the step must go through ``update_kv`` (the first token)."""
+        store = self.kv[layer]
+        view = self._view(store.table, positions, token_valid)
+        if positions.shape[-1] != 1 or view.mode not in ("whole", "prefix"):
+            return None
+        return store.k, store.v, view.dst, self._attended(store, view)
+
+    @staticmethod
+    def _attended(store: KVStore, view: KeyView):
         if view.mode == "prefix":
             return store.k[:, :, : view.end], store.v[:, :, : view.end], view.k_pos, view.k_valid
         return store.k, store.v, view.k_pos, view.k_valid

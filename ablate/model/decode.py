@@ -20,7 +20,7 @@ from ablate.kernels import MaskSpec
 from ablate.kernels.backend import op
 from ablate.kernels.triton.support import can_run
 from ablate.model.elementwise import fusable
-from ablate.model.layers import rms_norm
+from ablate.model.layers import apply_rope, apply_rope_qk, rms_norm
 
 
 def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, scale: float | None = None) -> torch.Tensor:
@@ -134,6 +134,33 @@ def ssd_state_update_ref(
     return y.to(dtype)
 
 
+def rope_store_kv_ref(q, cos, sin, k=None, v=None, k_store=None, v_store=None, dst=None) -> torch.Tensor:
+    """A decode step's RoPE and cache write. q: (b, hq, 1, d) and k: (b, hkv, 1, d) rotated by cos,
+    sin (b or 1, 1, 1, d); k and v (b, hkv, 1, dv) stored at slot ``dst`` (1,) of k_store, v_store
+    (b, hkv, slots, ·) in place. Returns the rotated q. Without k: q rotated only (a layer that reads
+    an earlier layer's K/V)."""
+    if k is None:
+        return apply_rope(q, cos, sin)
+    q, k = apply_rope_qk(q, k, cos, sin)
+    k_store.index_copy_(2, dst, k.to(k_store.dtype))
+    v_store.index_copy_(2, dst, v.to(v_store.dtype))
+    return q
+
+
+def _rope_store_kv_triton(*args):
+    from ablate.kernels.triton.rope_store import rope_store_kv_triton
+
+    return rope_store_kv_triton(*args)
+
+
+def _rope_store_kv_available(q, cos, sin, k=None, v=None, k_store=None, v_store=None, dst=None) -> bool:
+    if not can_run(q, cos, sin, k, v, k_store, v_store, dst):
+        return False
+    from ablate.kernels.triton.rope_store import supported
+
+    return supported(q, cos, sin, k, v, k_store, v_store)
+
+
 def _decode_attention_triton(q, k, v, spec: MaskSpec, scale=None):
     from ablate.kernels.triton.decode_attention import decode_attention_triton
 
@@ -187,6 +214,8 @@ _SELECTIVE_STEP = op("selective_state_update", selective_state_update_ref)
 _SELECTIVE_STEP.register("triton", _selective_triton, lambda state, u, *rest: can_run(state, u))
 _SSD_STEP = op("ssd_state_update", ssd_state_update_ref)
 _SSD_STEP.register("triton", _ssd_triton, lambda state, x, *rest: can_run(state, x))
+_ROPE_STORE = op("rope_store_kv", rope_store_kv_ref)
+_ROPE_STORE.register("triton", _rope_store_kv_triton, _rope_store_kv_available)
 
 
 def decode_attention(q, k, v, spec: MaskSpec, scale: float | None = None, backend=None) -> torch.Tensor:
@@ -196,6 +225,12 @@ def decode_attention(q, k, v, spec: MaskSpec, scale: float | None = None, backen
         raise ValueError(f"decode_attention takes one query per sequence, got {q.shape[2]}")
     args = (q, k, v, spec, scale)
     return _DECODE_ATTENTION.choose(backend, *args)(*args)
+
+
+def rope_store_kv(q, cos, sin, k=None, v=None, k_store=None, v_store=None, dst=None, backend=None) -> torch.Tensor:
+    """A decode step's RoPE and K/V cache write, one kernel on GPU; see ``rope_store_kv_ref``."""
+    args = (q, cos, sin, k, v, k_store, v_store, dst)
+    return _ROPE_STORE.choose(backend, *args)(*args)
 
 
 def segment_rms_norm(x, weights, eps, backend=None):
