@@ -66,3 +66,37 @@ def test_multi_head_full_cache_with_a_partial_tile_and_a_fully_masked_split(inte
     valid = (pos < 41).expand(b, lk)
     _check(q, k, v, MaskSpec(torch.tensor([[40]]), pos, key_valid=valid), dtype, tol)
 
+
+
+def test_launch_choice_reads_a_short_cache_in_one_pass_per_head_with_small_tiles(monkeypatch):
+    """A short cache (a sliding-window ring) takes 32-key tiles and no key splits once the
+    (sequence, KV head) pairs cover the SMs; a long cache, or too few pairs, keeps the split-K
+    launch. (CPU: the heuristic counts 4 SMs.)"""
+    from ablate.kernels.triton.decode_attention import launch_config, num_splits
+
+    monkeypatch.delenv("ABLATE_DECODE_ATTENTION_CONFIG", raising=False)
+    monkeypatch.delenv("ABLATE_DECODE_ATTENTION_SPLITS", raising=False)
+    cpu = torch.device("cpu")
+    assert launch_config(256) == (32, 2, 3) and launch_config(8224) == (64, 4, 3)
+    assert num_splits(8, 256, 32, cpu) == 1
+    assert num_splits(2, 256, 32, cpu) == 8  # two pairs on four SMs: split to ~4 programs per SM
+    assert num_splits(2, 8224, 64, cpu) == 8
+    monkeypatch.setenv("ABLATE_DECODE_ATTENTION_SPLITS", "3")
+    assert num_splits(8, 256, 32, cpu) == 3
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_short_cache_with_the_default_launch(monkeypatch, dtype, tol):
+    """The launch a short cache gets by default (32-key tiles, one pass per head) over a wrapped
+    ring with meta slots and grouped heads."""
+    monkeypatch.delenv("ABLATE_DECODE_ATTENTION_BACKEND", raising=False)
+    monkeypatch.delenv("ABLATE_DECODE_ATTENTION_CONFIG", raising=False)
+    monkeypatch.delenv("ABLATE_DECODE_ATTENTION_SPLITS", raising=False)
+    use_interpreter(monkeypatch, KERNEL_MODULE, "_decode_attention_kernel")
+    g = torch.Generator().manual_seed(2)
+    b, hq, hkv, d, meta = 4, 4, 2, 16, 3
+    ring = torch.arange(100, 170).roll(11)
+    k_pos = torch.cat([torch.arange(meta), ring]).unsqueeze(0)  # 73 slots: three tiles, the last partial
+    q = torch.randn(b, hq, 1, d, generator=g)
+    k, v = torch.randn(b, hkv, k_pos.shape[1], d, generator=g), torch.randn(b, hkv, k_pos.shape[1], d, generator=g)
+    _check(q, k, v, MaskSpec(torch.tensor([[169]]), k_pos, 70, meta), dtype, tol)

@@ -116,19 +116,29 @@ def _combine_kernel(
     tl.store(out_ptr + b * o_b + h * o_h + offs_dv * o_d, out.to(out_ptr.dtype.element_ty), mask=mdv)
 
 
-def launch_config() -> tuple[int, int, int]:
-    """(BLOCK_N, num_warps, num_stages); ``ABLATE_DECODE_ATTENTION_CONFIG="64,4,3"`` overrides."""
-    return env_ints("ABLATE_DECODE_ATTENTION_CONFIG") or (64, 4, 3)
+# A cache of at most this many keys (a sliding-window ring, a short prompt) is read in one program
+# per (sequence, KV head) with smaller tiles: at batch 128 the splits and their combine kernel cost
+# more than they gain there (reports/bench-h100/decode-attention-short/: 8-20% faster per call).
+SHORT_CACHE = 4096
+
+
+def launch_config(lk: int) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages) for ``lk`` keys; ``ABLATE_DECODE_ATTENTION_CONFIG="64,4,3"``
+    overrides."""
+    return env_ints("ABLATE_DECODE_ATTENTION_CONFIG") or ((32, 2, 3) if lk <= SHORT_CACHE else (64, 4, 3))
 
 
 def num_splits(pairs: int, lk: int, block_n: int, device: torch.device) -> int:
-    """Key splits per (sequence, KV head): enough programs for ~4 per SM, each at least one tile;
+    """Key splits per (sequence, KV head): enough programs for ~4 per SM, each at least one tile; a
+    short cache is split only when the pairs do not cover the SMs once.
     ``ABLATE_DECODE_ATTENTION_SPLITS`` overrides (tests force either path)."""
     forced = env_ints("ABLATE_DECODE_ATTENTION_SPLITS")
     tiles = triton.cdiv(lk, block_n)
     if forced:
         return max(1, min(forced[0], tiles))
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    if lk <= SHORT_CACHE and pairs >= sms:
+        return 1
     return max(1, min(tiles, triton.cdiv(4 * sms, pairs)))
 
 
@@ -138,7 +148,7 @@ def decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a
     b, hq, _, d = q.shape
     hkv, lk, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = hq // hkv
-    block_n, warps, stages = launch_config()
+    block_n, warps, stages = launch_config(lk)
     splits = num_splits(b * hkv, lk, block_n, q.device)
     keys_per_split = triton.cdiv(triton.cdiv(lk, splits), block_n) * block_n
     splits = triton.cdiv(lk, keys_per_split)
