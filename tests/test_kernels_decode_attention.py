@@ -67,7 +67,6 @@ def test_multi_head_full_cache_with_a_partial_tile_and_a_fully_masked_split(inte
     _check(q, k, v, MaskSpec(torch.tensor([[40]]), pos, key_valid=valid), dtype, tol)
 
 
-
 def test_launch_choice_reads_a_short_cache_in_one_pass_per_head_with_small_tiles(monkeypatch):
     """A short cache (a sliding-window ring) takes 32-key tiles and no key splits once the
     (sequence, KV head) pairs cover the SMs; a long cache, or too few pairs, keeps the split-K

@@ -118,7 +118,7 @@ def _combine_kernel(
 
 # A cache of at most this many keys (a sliding-window ring, a short prompt) is read in one program
 # per (sequence, KV head) with smaller tiles: at batch 128 the splits and their combine kernel cost
-# more than they gain there (reports/bench-h100/decode-attention-short/: 8-20% faster per call).
+# more than they gain there (reports/bench-h100/decode-attention-short/: 4-25% faster per call).
 SHORT_CACHE = 4096
 
 

@@ -4,8 +4,9 @@ Same contract as ``ablate.model.decode.rope_store_kv_ref``: rotate the step's qu
 (Llama's rotate-half convention, computed in fp32 and rounded once, as the compiled reference does),
 return the rotated queries, and store the rotated keys and the values at the cache slot ``dst``.
 Before this, a decode step of an attention layer ran three kernels here (the compiled RoPE, then
-one ``index_copy_`` each for K and V), 12 µs per layer on the H100 for a few hundred KB. A layer
-that reads an earlier layer's K/V rotates its queries only.
+one ``index_copy_`` each for K and V): 13-15 µs per layer on the H100 for a few hundred KB, where
+this kernel takes 2-3 (reports/bench-h100/rope-store/). A layer that reads an earlier layer's K/V
+rotates its queries only.
 """
 
 from __future__ import annotations
