@@ -11,24 +11,14 @@ yᵀ = W xᵀ (A = W transposed, B = x), bf16 in and out, fp32 compute, as PyTor
 from __future__ import annotations
 
 import ctypes as C
-import math
 import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, "reports/bench-h100/overlap-and-gemm-removed")
-from timing import events_ms, graph_of  # noqa: E402
+from problems import BATCH, SHAPES, cold_problem, per_gemm_us
 
-SHAPES = [
-    (8512, 2048, "Mamba2 in_proj"),
-    (2048, 4096, "Mamba2 out_proj"),
-    (11008, 2048, "Mamba2-FFN gate+up"),
-    (2048, 5504, "Mamba2-FFN down"),
-    (4096, 1024, "Table 1 Mamba in_proj"),
-    (1024, 2048, "Table 1 Mamba out_proj"),
-]
-BATCH, WORKSPACE = 128, 32 * 2**20
+WORKSPACE = 32 * 2**20
 R_16BF, R_32F, COMPUTE_32F = 14, 0, 68
 OP_N, OP_T = 0, 1
 DESC_TRANSA, DESC_TRANSB = 3, 4
@@ -151,27 +141,27 @@ def config(h: Heuristic) -> dict:
     return out
 
 
-def per_gemm_us(step_one, ws, reps: int = 30) -> float:
-    def step():
-        for w in ws:
-            step_one(w)
+def _problem(n: int, k: int):
+    """(MB, weight copies, x, output buffer, F.linear's output in fp32, F.linear's µs, the Gemm)."""
+    mb, ws, x = cold_problem(n, k)
+    y = torch.empty(BATCH, n, device="cuda", dtype=torch.bfloat16)
+    ref = F.linear(x, ws[0]).float()
+    base = per_gemm_us(lambda w: torch.mm(x, w.t(), out=y), ws)
+    return mb, ws, x, y, ref, base, Gemm(n, k, BATCH)
 
-    g = graph_of(step)
-    return events_ms(g.replay, reps) * 1e3 / len(ws)
+
+def _rel_diff(gemm: "Gemm", h, x, w, y, ref) -> float:
+    y.zero_()
+    gemm.run(h, x, w, y)
+    torch.cuda.synchronize()
+    return ((y.float() - ref).abs().max() / ref.abs().max()).item()
 
 
 def search(shapes) -> None:
     print("| out x in | what | MB | F.linear µs (TB/s) | configurations accepted | best µs (TB/s) | best config | its max rel diff |")
     print("|---|---|---|---|---|---|---|---|")
     for n, k, what in shapes:
-        mb = n * k * 2 / 1e6
-        copies = max(4, math.ceil(120e6 / (n * k * 2)))
-        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(copies)]
-        x = torch.randn(BATCH, k, device="cuda", dtype=torch.bfloat16)
-        y = torch.empty(BATCH, n, device="cuda", dtype=torch.bfloat16)
-        ref = F.linear(x, ws[0]).float()
-        base = per_gemm_us(lambda w: torch.mm(x, w.t(), out=y), ws)
-        gemm = Gemm(n, k, BATCH)
+        mb, ws, x, y, ref, base, gemm = _problem(n, k)
         pool = candidates(gemm, gemm.algorithms()[0])
         quick = []
         for h in pool:
@@ -181,10 +171,7 @@ def search(shapes) -> None:
                 pass
         final = []
         for _, h in sorted(quick, key=lambda r: r[0])[:10]:
-            y.zero_()
-            gemm.run(h, x, ws[0], y)
-            torch.cuda.synchronize()
-            err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+            err = _rel_diff(gemm, h, x, ws[0], y, ref)
             final.append((per_gemm_us(lambda w, h=h: gemm.run(h, x, w, y), ws), err, config(h)))
         t, err, cfg = min(final, key=lambda r: r[0])
         print(f"| {n} x {k} | {what} | {mb:.1f} | {base:.1f} ({mb / base:.2f}) | {len(pool)} ({len(quick)} ran) | {t:.1f} ({mb / t:.2f}) | {cfg} | {err:.1e} |", flush=True)
@@ -198,21 +185,11 @@ def main() -> None:
     print("| out x in | what | MB | F.linear µs (TB/s) | heuristic #0 µs | best µs (TB/s) | best: index, config | algorithms timed | max rel diff |")
     print("|---|---|---|---|---|---|---|---|---|")
     for n, k, what in SHAPES:
-        mb = n * k * 2 / 1e6
-        copies = max(4, math.ceil(120e6 / (n * k * 2)))
-        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(copies)]
-        x = torch.randn(BATCH, k, device="cuda", dtype=torch.bfloat16)
-        y = torch.empty(BATCH, n, device="cuda", dtype=torch.bfloat16)
-        ref = F.linear(x, ws[0]).float()
-        base = per_gemm_us(lambda w: torch.mm(x, w.t(), out=y), ws)
-        gemm = Gemm(n, k, BATCH)
+        mb, ws, x, y, ref, base, gemm = _problem(n, k)
         timed, worst = [], 0.0
         for i, h in enumerate(gemm.algorithms()):
             try:
-                y.zero_()
-                gemm.run(h, x, ws[0], y)
-                torch.cuda.synchronize()
-                worst = max(worst, ((y.float() - ref).abs().max() / ref.abs().max()).item())
+                worst = max(worst, _rel_diff(gemm, h, x, ws[0], y, ref))
                 timed.append((per_gemm_us(lambda w, h=h: gemm.run(h, x, w, y), ws), i, config(h)))
             except RuntimeError as e:
                 print(f"<!-- {n}x{k} algorithm {i}: {e} -->")
